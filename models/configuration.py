@@ -1,0 +1,258 @@
+"""HizooConfig: one typed config for every hizoo model, validated at construction.
+
+Field names follow transformers' conventions so that a researcher who knows OLMoE, Mixtral or
+DeepSeek-V3 configs can read it. Every bad value raises ``ValueError`` naming the field, the value
+and what is allowed.
+"""
+
+from __future__ import annotations
+
+from transformers import PreTrainedConfig
+
+FFN_KINDS = ("dense", "moe")
+ROUTERS = ("topk", "group_limited", "himoe")
+EXPERTS_BACKENDS = ("auto", "triton", "grouped_mm", "eager")
+RESIDUALS = ("none", "hc", "mhc", "mhc_lite")
+STREAM_INITS = ("copy", "lss", "rotate", "split", "perturb")
+HIMOE_REG_SOURCES = ("raw", "corrected")
+HIMOE_REG_FORMS = ("square", "entropy")
+HIMOE_GROUP_MASS = ("dense", "sparse")
+
+
+class HizooConfig(PreTrainedConfig):
+    r"""Configuration of a hizoo causal language model.
+
+    Architecture: pre-norm decoder with RMSNorm, RoPE, GQA attention (optional OLMoE-style qk-norm over
+    the full projection width), SwiGLU feed-forward (``ffn="dense"``) or Mixture-of-Experts
+    (``ffn="moe"``), and a residual that is either plain (``residual="none"``) or ``n_streams``
+    hyper-connection streams (``"hc"``, ``"mhc"``, ``"mhc_lite"``).
+
+    MoE: ``num_experts_per_tok`` is K in total; grouped routers pick k_g = K / ``topk_groups`` experts in
+    each chosen group (``topk_groups`` defaults to ``n_groups``). Aux-loss coefficients are applied inside
+    the routers, so ``RoutingResult.aux_losses`` are already scaled.
+    """
+
+    model_type = "hizoo"
+    keys_to_ignore_at_inference = ["cache"]
+
+    # --- transformer ---
+    vocab_size: int = 32000
+    hidden_size: int = 512
+    num_hidden_layers: int = 8
+    num_attention_heads: int = 8
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    intermediate_size: int = 1408
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 2048
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    qk_norm: bool = False
+    attention_bias: bool = False
+    attention_dropout: float = 0.0
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = False
+    use_cache: bool = True
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+
+    # --- feed-forward / MoE ---
+    ffn: str = "dense"
+    num_dense_layers: int = 0  # leading layers kept dense in an MoE model (DeepSeek's first_k_dense_replace)
+    moe_intermediate_size: int = 256
+    num_experts: int = 32
+    num_experts_per_tok: int = 8
+    num_shared_experts: int = 0
+    router: str = "topk"
+    norm_topk_prob: bool = False
+    n_groups: int = 1
+    topk_groups: int | None = None
+    routed_scaling_factor: float = 1.0
+    router_aux_loss_coef: float = 0.01
+    router_z_loss_coef: float = 0.001
+    router_init_std: float | None = None  # None: initializer_range
+    router_global_balance: bool = False  # load-balance statistics over the global batch
+    router_bias_update_rate: float = 1e-3  # loss-free balancing step γ (group_limited)
+    seq_aux_loss_coef: float = 0.0  # DeepSeek-V3 sequence-wise balance loss α (group_limited)
+    capacity_factor: float | None = None  # None: dropless
+    experts_backend: str = "auto"
+    output_router_logits: bool = False
+
+    # --- Hi-MoE (defaults of the reference implementation) ---
+    himoe_tau: float = 0.01
+    himoe_ema_beta: float = 0.9
+    himoe_temperature: float = 1.0
+    himoe_lambda_intra: float = 0.1
+    himoe_lambda_inter: float = 0.05
+    himoe_reg_source: str = "raw"
+    himoe_reg_form: str = "square"
+    himoe_group_mass: str = "dense"
+    himoe_intra_warmup_steps: int = 0
+
+    # --- residual streams (hyper-connections) ---
+    residual: str = "none"
+    n_streams: int = 1
+    hc_dynamic: bool = False
+    stream_init: str = "copy"
+    mhc_sinkhorn_iters: int = 20
+    mhc_alpha_init: float = 0.01
+    hc_recompute: bool = False
+
+    def __post_init__(self, **kwargs):
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.head_dim is None and self.num_attention_heads > 0:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.topk_groups is None:
+            self.topk_groups = self.n_groups
+        super().__post_init__(**kwargs)
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad field. Called at construction; call again after edits."""
+        self._validate_transformer()
+        self._validate_moe()
+        self._validate_residual()
+
+    def _validate_transformer(self) -> None:
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads", "intermediate_size", "max_position_embeddings"):
+            _check_positive_int(self, name)
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} must be divisible by num_attention_heads={self.num_attention_heads}"
+            )
+        if self.num_attention_heads % self.num_key_value_heads != 0:
+            raise ValueError(
+                f"num_key_value_heads={self.num_key_value_heads} must divide num_attention_heads="
+                f"{self.num_attention_heads} (grouped-query attention)"
+            )
+        _check_positive_int(self, "head_dim")
+        if self.head_dim % 2 != 0:
+            raise ValueError(f"head_dim={self.head_dim} must be even (RoPE rotates pairs of channels)")
+        _check_choice(self, "hidden_act", ("silu",))
+        _check_positive(self, "rope_theta")
+        _check_positive(self, "rms_norm_eps")
+        _check_positive(self, "initializer_range")
+        if not 0.0 <= self.attention_dropout < 1.0:
+            raise ValueError(f"attention_dropout={self.attention_dropout} must be in [0, 1)")
+        for name in ("pad_token_id", "bos_token_id"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < self.vocab_size:
+                raise ValueError(f"{name}={value} must be None or in [0, vocab_size={self.vocab_size})")
+
+    def _validate_moe(self) -> None:
+        _check_choice(self, "ffn", FFN_KINDS)
+        _check_choice(self, "router", ROUTERS)
+        _check_choice(self, "experts_backend", EXPERTS_BACKENDS)
+        for name in ("moe_intermediate_size", "num_experts", "num_experts_per_tok", "n_groups", "topk_groups"):
+            _check_positive_int(self, name)
+        for name in ("num_dense_layers", "num_shared_experts", "himoe_intra_warmup_steps"):
+            _check_nonnegative_int(self, name)
+        for name in ("router_aux_loss_coef", "router_z_loss_coef", "router_bias_update_rate", "seq_aux_loss_coef",
+                     "himoe_tau", "himoe_lambda_intra", "himoe_lambda_inter"):
+            _check_nonnegative(self, name)
+        for name in ("routed_scaling_factor", "himoe_temperature"):
+            _check_positive(self, name)
+        if self.router_init_std is not None:
+            _check_positive(self, "router_init_std")
+        if not 0.0 <= self.himoe_ema_beta < 1.0:
+            raise ValueError(f"himoe_ema_beta={self.himoe_ema_beta} must be in [0, 1)")
+        _check_choice(self, "himoe_reg_source", HIMOE_REG_SOURCES)
+        _check_choice(self, "himoe_reg_form", HIMOE_REG_FORMS)
+        _check_choice(self, "himoe_group_mass", HIMOE_GROUP_MASS)
+        if self.capacity_factor is not None and self.capacity_factor <= 0:
+            raise ValueError(f"capacity_factor={self.capacity_factor} must be None (dropless) or > 0")
+        if self.ffn == "dense":
+            return
+        if self.num_dense_layers > self.num_hidden_layers:
+            raise ValueError(
+                f"num_dense_layers={self.num_dense_layers} must be <= num_hidden_layers={self.num_hidden_layers}"
+            )
+        E, K, G = self.num_experts, self.num_experts_per_tok, self.n_groups
+        if K > E:
+            raise ValueError(f"num_experts_per_tok={K} must be <= num_experts={E}")
+        if self.router == "topk":
+            if G != 1:
+                raise ValueError(f"n_groups={G} is only used by grouped routers; router='topk' needs n_groups=1")
+            return
+        if E % G != 0:
+            raise ValueError(f"n_groups={G} must divide num_experts={E} (experts form contiguous equal groups)")
+        if self.topk_groups > G:
+            raise ValueError(f"topk_groups={self.topk_groups} must be <= n_groups={G}")
+        if K % self.topk_groups != 0:
+            raise ValueError(
+                f"num_experts_per_tok={K} must be divisible by topk_groups={self.topk_groups} "
+                f"(k_g = K / topk_groups experts are picked in each chosen group)"
+            )
+        k_g = K // self.topk_groups
+        if k_g > E // G:
+            raise ValueError(
+                f"num_experts_per_tok={K} over topk_groups={self.topk_groups} gives k_g={k_g} experts per group, "
+                f"more than the {E // G} experts in each of n_groups={G} groups"
+            )
+        if self.router == "group_limited" and E // G < 2:
+            raise ValueError(
+                f"router='group_limited' scores groups by their top-2 experts: num_experts={E} / n_groups={G} "
+                f"must be >= 2"
+            )
+
+    def _validate_residual(self) -> None:
+        _check_choice(self, "residual", RESIDUALS)
+        _check_choice(self, "stream_init", STREAM_INITS)
+        _check_positive_int(self, "n_streams")
+        _check_positive_int(self, "mhc_sinkhorn_iters")
+        _check_positive(self, "mhc_alpha_init")
+        if self.residual == "none" and self.n_streams != 1:
+            raise ValueError(f"n_streams={self.n_streams} needs residual='hc', 'mhc' or 'mhc_lite'; residual='none' has 1")
+        if self.residual in ("mhc", "mhc_lite") and self.n_streams < 2:
+            raise ValueError(
+                f"residual='{self.residual}' with n_streams={self.n_streams}: a doubly stochastic mix of one stream "
+                f"is the identity; use n_streams >= 2 or residual='none'"
+            )
+        if self.residual == "mhc_lite" and self.n_streams > 6:
+            raise ValueError(
+                f"residual='mhc_lite' mixes all n_streams! permutations; n_streams={self.n_streams} must be <= 6"
+            )
+        if self.residual == "none" and self.stream_init != "copy":
+            raise ValueError(f"stream_init='{self.stream_init}' needs residual streams; residual='none' allows 'copy'")
+
+    # ------------------------------------------------------------------ derived
+    def is_moe_layer(self, layer_idx: int) -> bool:
+        return self.ffn == "moe" and layer_idx >= self.num_dense_layers
+
+    @property
+    def experts_per_group(self) -> int:
+        return self.num_experts // self.n_groups
+
+
+def _check_choice(config, name: str, allowed: tuple[str, ...]) -> None:
+    value = getattr(config, name)
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
+
+
+def _check_positive_int(config, name: str) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} must be an integer >= 1")
+
+
+def _check_nonnegative_int(config, name: str) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name}={value!r} must be an integer >= 0")
+
+
+def _check_positive(config, name: str) -> None:
+    value = getattr(config, name)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise ValueError(f"{name}={value!r} must be a number > 0")
+
+
+def _check_nonnegative(config, name: str) -> None:
+    value = getattr(config, name)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+        raise ValueError(f"{name}={value!r} must be a number >= 0")

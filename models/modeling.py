@@ -1,0 +1,347 @@
+"""The hizoo causal language model, top to bottom.
+
+token ids -> embedding -> expand into n residual streams -> L blocks -> reduce streams -> RMSNorm -> lm_head
+
+Each block has two branches, attention and feed-forward (dense SwiGLU or MoE), each behind its own
+residual connection (``models/hyper_connections.py``; with ``residual="none"`` that is the plain
+pre-norm residual x + F(norm(x))).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import MoeCausalLMOutputWithPast, MoeModelOutputWithPast
+
+from ..kernels import GroupedExperts
+from ..routing import Router, RoutingResult
+from .configuration import HizooConfig
+from .hyper_connections import ResidualStreams, StreamExpansion, reduce_streams
+from .mlp import SwiGLU
+from .moe import MoEFeedForward
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) · w, computed in fp32 (Zhang & Sennrich 2019)."""
+
+    def __init__(self, size: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def rotary_cos_sin(position_ids: Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """RoPE (Su et al. 2021) in the rotate-half layout: position_ids [B, S] -> cos, sin [B, 1, S, head_dim]."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float32) / head_dim)
+    freqs = position_ids.float()[..., None] * inv_freq  # [B, S, hd/2]
+    emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # [B, 1, S, hd]
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class Attention(nn.Module):
+    """Multi-head attention with GQA and RoPE through ``F.scaled_dot_product_attention``.
+
+    ``qk_norm`` is OLMoE's: RMSNorm over the whole q (and k) projection, before splitting into heads.
+    """
+
+    def __init__(self, config: HizooConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv_heads, self.head_dim = (
+            config.num_attention_heads, config.num_key_value_heads, config.head_dim)
+        self.rope_theta = config.rope_theta
+        self.dropout = config.attention_dropout
+        d, bias = config.hidden_size, config.attention_bias
+        self.q_proj = nn.Linear(d, self.n_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=bias)
+        self.q_norm = RMSNorm(self.n_heads * self.head_dim, config.rms_norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(self.n_kv_heads * self.head_dim, config.rms_norm_eps) if config.qk_norm else None
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: Cache | None) -> Tensor:
+        B, S, _ = x.shape
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.view(B, S, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, S, hd]
+        k = k.view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, S, hd]
+        v = v.view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)  # [B, Hkv, S_past + S, hd]
+        out = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=mask,
+            is_causal=mask is None and S > 1,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.n_kv_heads != self.n_heads,
+        )  # [B, H, S, hd]
+        return self.o_proj(out.transpose(1, 2).reshape(B, S, -1))
+
+
+class HizooBlock(GradientCheckpointingLayer):
+    """Pre-norm block: attention branch, then feed-forward branch, each behind its residual connection."""
+
+    def __init__(self, config: HizooConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.attn_conn = ResidualStreams(config, layer_idx, branch="attn")
+        self.attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.attn = Attention(config, layer_idx)
+        self.ffn_conn = ResidualStreams(config, layer_idx, branch="ffn")
+        self.ffn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.is_moe = config.is_moe_layer(layer_idx)
+        self.ffn = MoEFeedForward(config) if self.is_moe else SwiGLU(config.hidden_size, config.intermediate_size)
+
+    def forward(
+        self, streams: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None = None, cache: Cache | None = None,
+    ) -> tuple[Tensor, RoutingResult | None, dict]:
+        """streams [B, S, n, d] -> (streams [B, S, n, d], routing of the MoE branch or None, connection contexts)."""
+        h, attn_ctx = self.attn_conn.read(streams)  # [B, S, d]
+        streams = self.attn_conn.write(streams, self.attn(self.attn_norm(h), cos, sin, mask, cache), attn_ctx)
+
+        h, ffn_ctx = self.ffn_conn.read(streams)
+        routing = None
+        if self.is_moe:
+            out, routing = self.ffn(self.ffn_norm(h))
+        else:
+            out = self.ffn(self.ffn_norm(h))
+        streams = self.ffn_conn.write(streams, out, ffn_ctx)
+        return streams, routing, {"attn": attn_ctx, "ffn": ffn_ctx}
+
+
+class HizooPreTrainedModel(PreTrainedModel):
+    config_class = HizooConfig
+    config: HizooConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["HizooBlock"]
+    _supports_sdpa = True
+    _can_compile_fullgraph = False
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Initialize every parameter: Linear/Embedding N(0, initializer_range²), norms 1, experts and routers
+        below; modules with parameters of their own (hyper-connections) define ``reset_parameters``."""
+        std = self.config.initializer_range
+        if isinstance(module, GroupedExperts):
+            init.normal_(module.w13, mean=0.0, std=std)
+            init.normal_(module.w2, mean=0.0, std=std)
+        elif isinstance(module, Router):
+            init.normal_(module.weight, mean=0.0, std=self.config.router_init_std or std)
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        elif isinstance(module, RMSNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, (nn.Linear, nn.Embedding)):
+            super()._init_weights(module)
+        elif hasattr(module, "reset_parameters") and any(True for _ in module.parameters(recurse=False)):
+            module.reset_parameters()
+
+
+def _check_input_ids(input_ids: Tensor, vocab_size: int) -> None:
+    bad = (input_ids < 0) | (input_ids >= vocab_size)
+    if bad.any():
+        values = input_ids[bad].unique()[:8].tolist()
+        raise ValueError(
+            f"input_ids must be in [0, vocab_size={vocab_size}); got {values} at {int(bad.sum())} positions"
+        )
+
+
+def build_attention_mask(attention_mask: Tensor | None, q_len: int, past_len: int) -> Tensor | None:
+    """Boolean [B, 1, q_len, past_len + q_len] mask (True = may attend), or None when SDPA's own causal
+    mask (no padding, no past) or no mask at all (one new token, no padding) is exact."""
+    if attention_mask is not None and attention_mask.ndim != 2:
+        raise ValueError(f"attention_mask must be 2-D [batch, seq] of 0/1; got shape {tuple(attention_mask.shape)}")
+    no_padding = attention_mask is None or bool(attention_mask.all())
+    if no_padding and (past_len == 0 or q_len == 1):
+        return None
+    kv_len = past_len + q_len
+    device = attention_mask.device if attention_mask is not None else None
+    q_pos = torch.arange(past_len, kv_len, device=device)[:, None]  # [q, 1]
+    kv_pos = torch.arange(kv_len, device=device)[None, :]  # [1, kv]
+    mask = (kv_pos <= q_pos)[None, None]  # [1, 1, q, kv]
+    if attention_mask is not None:
+        mask = mask & attention_mask[:, None, None, -kv_len:].bool()
+    # A padding query would see no key at all (SDPA then returns NaN); let every query see itself.
+    return mask | (kv_pos == q_pos)[None, None]
+
+
+@dataclass
+class HizooModelOutput(MoeModelOutputWithPast):
+    """``routing``: per-layer RoutingResult (None for dense layers); ``diagnostics``: per-layer dicts with the
+    streams after the block and each connection's context, for ``hizoo.analysis``."""
+
+    routing: tuple[RoutingResult | None, ...] | None = None
+    diagnostics: tuple[dict, ...] | None = None
+
+
+@dataclass
+class HizooCausalLMOutput(MoeCausalLMOutputWithPast):
+    """``aux_losses``: each named aux loss summed over layers (already scaled); ``aux_loss`` is their sum and
+    is included in ``loss``."""
+
+    aux_losses: dict[str, Tensor] | None = None
+    routing: tuple[RoutingResult | None, ...] | None = None
+    diagnostics: tuple[dict, ...] | None = None
+
+
+class HizooModel(HizooPreTrainedModel):
+    def __init__(self, config: HizooConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.expand = StreamExpansion(config)
+        self.layers = nn.ModuleList(HizooBlock(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: Tensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_diagnostics: bool = False,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> HizooModelOutput:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        cache = cache if cache is not None else past_key_values
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        if use_cache and cache is None and not (self.gradient_checkpointing and self.training):
+            cache = DynamicCache(config=self.config)
+        if inputs_embeds is None:
+            _check_input_ids(input_ids, self.config.vocab_size)
+            inputs_embeds = self.embed_tokens(input_ids)
+        B, S, _ = inputs_embeds.shape
+        past_len = cache.get_seq_length() if cache is not None else 0
+        if position_ids is None:
+            if attention_mask is not None:  # left padding: count real tokens only
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -S:]
+            else:
+                position_ids = torch.arange(past_len, past_len + S, device=inputs_embeds.device)[None].expand(B, S)
+        mask = build_attention_mask(attention_mask, S, past_len)
+        cos, sin = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, inputs_embeds.dtype)
+
+        streams = self.expand(inputs_embeds)  # [B, S, n, d]
+        all_hidden, routing, diagnostics = [], [], []
+        for layer in self.layers:
+            if output_hidden_states:
+                all_hidden.append(reduce_streams(streams))
+            streams, layer_routing, ctx = layer(streams, cos, sin, mask, cache=cache)
+            routing.append(layer_routing)
+            if output_diagnostics:
+                diagnostics.append({**ctx, "streams": streams})
+        hidden = self.norm(reduce_streams(streams))  # [B, S, d]
+        if output_hidden_states:
+            all_hidden.append(hidden)
+        return HizooModelOutput(
+            last_hidden_state=hidden,
+            cache=cache if use_cache else None,
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            router_logits=tuple(r.router_logits for r in routing if r is not None) or None,
+            routing=tuple(routing),
+            diagnostics=tuple(diagnostics) if output_diagnostics else None,
+        )
+
+
+class HizooForCausalLM(HizooPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: HizooConfig):
+        super().__init__(config)
+        self.model = HizooModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: Tensor | None = None,
+        labels: Tensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_router_logits: bool | None = None,
+        output_diagnostics: bool = False,
+        logits_to_keep: int = 0,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> HizooCausalLMOutput:
+        """``labels`` [B, S] are the input ids themselves (shifted here); -100 is ignored. ``loss`` = CE + aux_loss."""
+        out = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            cache=cache if cache is not None else past_key_values, inputs_embeds=inputs_embeds,
+            use_cache=use_cache, output_hidden_states=output_hidden_states, output_diagnostics=output_diagnostics,
+        )
+        hidden = out.last_hidden_state if not logits_to_keep else out.last_hidden_state[:, -logits_to_keep:]
+        logits = self.lm_head(hidden)  # [B, S, V]
+
+        aux_losses: dict[str, Tensor] = {}
+        for r in out.routing:
+            for name, value in (r.aux_losses.items() if r is not None else ()):
+                aux_losses[name] = aux_losses[name] + value if name in aux_losses else value
+        aux_loss = torch.stack(list(aux_losses.values())).sum() if aux_losses else None
+
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(logits.device), ignore_index=-100
+            )
+            if aux_loss is not None:
+                loss = loss + aux_loss
+        output_router_logits = (
+            output_router_logits if output_router_logits is not None else self.config.output_router_logits)
+        return HizooCausalLMOutput(
+            loss=loss,
+            aux_loss=aux_loss,
+            logits=logits,
+            cache=out.cache,
+            hidden_states=out.hidden_states,
+            router_logits=out.router_logits if output_router_logits else None,
+            aux_losses=aux_losses or None,
+            routing=out.routing,
+            diagnostics=out.diagnostics,
+        )
