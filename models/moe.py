@@ -35,3 +35,11 @@ class MoEFeedForward(nn.Module):
         if self.shared_experts is not None:
             out = out + self.shared_experts(x)
         return out.view(B, S, d), routing
+
+
+def update_router_states(model: nn.Module) -> None:
+    """Once per optimizer step: let every router apply state updates accumulated over the step's
+    micro-batches (e.g. DeepSeek-V3's loss-free bias). Routers opt in with an ``end_of_step()`` method."""
+    for module in model.modules():
+        if isinstance(module, MoEFeedForward) and hasattr(module.router, "end_of_step"):
+            module.router.end_of_step()
