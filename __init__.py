@@ -4,13 +4,22 @@
 ``AutoConfig``, ``AutoModel`` and ``AutoModelForCausalLM`` (model_type ``"hizoo"``).
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-
-from .models import HizooConfig, HizooForCausalLM, HizooModel, HizooPreTrainedModel
-
-AutoConfig.register(HizooConfig.model_type, HizooConfig, exist_ok=True)
-AutoModel.register(HizooConfig, HizooModel, exist_ok=True)
-AutoModelForCausalLM.register(HizooConfig, HizooForCausalLM, exist_ok=True)
-
 __version__ = "0.1.0"
 __all__ = ["HizooConfig", "HizooForCausalLM", "HizooModel", "HizooPreTrainedModel"]
+
+if __name__ != "hizoo":
+    # The repository root is this package. pytest collects the root directory as a package and imports this
+    # file by path under the checkout's folder name; alias that name to the installed `hizoo` instead of
+    # building a second copy of every class (two HizooConfig classes would break isinstance and Auto*).
+    import importlib as _importlib
+    import sys as _sys
+
+    _sys.modules[__name__] = _importlib.import_module("hizoo")
+else:
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    from .models import HizooConfig, HizooForCausalLM, HizooModel, HizooPreTrainedModel
+
+    AutoConfig.register(HizooConfig.model_type, HizooConfig, exist_ok=True)
+    AutoModel.register(HizooConfig, HizooModel, exist_ok=True)
+    AutoModelForCausalLM.register(HizooConfig, HizooForCausalLM, exist_ok=True)

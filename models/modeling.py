@@ -282,6 +282,13 @@ class HizooForCausalLM(HizooPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    @classmethod
+    def from_olmoe(cls, olmoe_model, **config_overrides) -> "HizooForCausalLM":
+        """Convert a ``transformers`` ``OlmoeForCausalLM``; same logits (see ``models/conversion.py``)."""
+        from .conversion import from_olmoe
+
+        return from_olmoe(olmoe_model, **config_overrides)
+
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
 
