@@ -235,7 +235,8 @@ class HizooModel(HizooPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         cache = cache if cache is not None else past_key_values
-        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        if use_cache is None:  # a training forward has no use for a KV cache
+            use_cache = self.config.use_cache and not self.training
         if use_cache and cache is None and not (self.gradient_checkpointing and self.training):
             cache = DynamicCache(config=self.config)
         if inputs_embeds is None:

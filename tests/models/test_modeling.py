@@ -152,3 +152,10 @@ def test_bad_attention_mask_shape_raises():
     ids = torch.randint(1, 97, (1, 4))
     with pytest.raises(ValueError, match="attention_mask must be 2-D"):
         model(ids, attention_mask=torch.ones(1, 1, 4, 4))
+
+
+def test_training_forward_builds_no_cache():
+    model = _model().train()
+    ids = torch.randint(1, 97, (1, 5))
+    assert model(ids, labels=ids).cache is None
+    assert model.eval()(ids).cache is not None
