@@ -1,51 +1,216 @@
-"""Residual streams around each branch (attention or FFN) of a block.
+"""Residual streams around each branch (attention or FFN) of a block: plain residual, HC and mHC.
 
 Interface used by the model (models/modeling.py):
-    streams = expand_streams(...)            # [B, S, d] -> [B, S, n, d]
+    streams = StreamExpansion(config)(x)     # [B, S, d] -> [B, S, n, d]   (models/stream_init.py)
     h, ctx = conn.read(streams)              # branch input [B, S, d] and what write() needs
     streams = conn.write(streams, out, ctx)  # add the branch output back into the streams
     x = reduce_streams(streams)              # [B, S, n, d] -> [B, S, d]  (sum, before the final norm)
 
-With ``residual="none"`` there is one stream and this is the plain pre-norm residual x + F(norm(x)).
+Every connection is one linear map of the n streams H = (H_1 … H_n), H_i ∈ R^d, per token:
+    read:   h    = Σ_i r_i H_i                                  (branch input; F includes the pre-norm)
+    write:  H'_j = Σ_i M[i, j] H_i + w_j F(h)
+and the kinds differ only in where (r, M, w) come from:
+
+- ``none``: one stream, r = M = w = 1: the plain pre-norm residual x + F(norm(x)).
+- ``hc`` (Zhu et al. 2024, arXiv 2409.19606): the matrix [[0, B], [A_m, A_r]] (Eq. 1), r = A_m,
+  M = A_r, w = B (Eqs. 2–5). Static: learned constants initialized as Eq. 14's Pre-Norm equivalent,
+  A_m = e_{k mod n}, A_r = I, B = 1. Dynamic (``hc_dynamic``, Eqs. 10–13): with H̄ = norm(H) per stream,
+  A_m += s_α ⊙ tanh(H̄ W_m), A_r += s_α ⊙ tanh(H̄ W_r), B += s_β ⊙ tanh(H̄ W_β)ᵀ; W = 0, s = 0.01 at init.
+- ``mhc`` (DeepSeek, arXiv 2512.24880): x_{l+1} = H_res x_l + H_postᵀ F(H_pre x_l) (Eq. 3). The streams
+  are flattened to x⃗ ∈ R^{nC} and RMS-normalized over all nC values, H̃ = α·(x⃗' φ) + b for pre (n),
+  post (n) and res (n²) (Eq. 7); r = H_pre = σ(H̃_pre), w = H_post = 2σ(H̃_post),
+  M = H_res = Sinkhorn–Knopp(exp(H̃_res)) (Eq. 8), 20 iterations in fp32 (log domain).
+- ``mhc_lite``: as ``mhc`` but M = Σ_r softmax(c)_r P_r over all n! permutation matrices, c = H̃_res ∈ R^{n!}.
+
+The connection index. Each block has two connections (attention, then FFN) and each counts as one
+layer: k = 2·layer_idx + (0 for attention, 1 for FFN), the ``layer_index`` convention of the
+``hyper-connections`` package as used by x-transformers (one index per wrapped branch). The connection
+starts out reading (and, for mHC, writing) stream k mod n, so with n = 4 a block's attention and FFN
+read different streams and the four streams are taken in turn every two blocks.
+
+ctx contract (read by hizoo.analysis; ``none`` returns {}):
+    ctx["read"]  r: A_m or H_pre     [B, S, n] (dynamic) or [n] (static)
+    ctx["write"] w: B or H_post      [B, S, n] or [n]
+    ctx["mix"]   M: A_r or H_res     [B, S, n, n] or [n, n]; M[i, j] = weight of input stream i in output
+                 stream j (the transpose of mHC's H_res[out, in]; for mHC rows and columns sum to 1)
+    ctx["mix_logits"] (mhc, mhc_lite) the logits before Sinkhorn [B, S, n, n] / before the softmax over
+                 permutations [B, S, n!]
+Static weights are the parameters themselves; dynamic ones are per token and fp32.
+
+Memory: with ``hc_recompute`` the coefficient and mixing math of each connection runs under
+``torch.utils.checkpoint``, so its intermediates (normalized streams, tanh/sigmoid outputs, the 2×iters
+Sinkhorn steps) are recomputed in backward instead of stored; each connection keeps only its inputs.
 """
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+from transformers import initialization as init
 
 from .configuration import HizooConfig
+from .sinkhorn import permutation_mixture, sinkhorn_log
+from .stream_init import StreamExpansion, reduce_streams
+
+__all__ = ["ResidualStreams", "StreamExpansion", "reduce_streams", "connection_index"]
+
+HC_DYNAMIC_SCALE_INIT = 0.01  # s_α = s_β (HC Eq. 10–13 and the hyper-connections package)
+MHC_READ_LOGIT = 1.0  # b_pre, b_post: +1 at the connection's stream, −1 elsewhere
+MHC_OFF_DIAGONAL_LOGIT = -8.0  # b_res: 0 on the diagonal, −8 off it -> H_res ≈ I (0.999 on the diagonal)
+PERTURB_STD = 0.1  # stream_init="perturb": N(0, 0.1²) added to every static read/mix/write weight (or logit)
 
 
-class StreamExpansion(nn.Module):
-    """Embedding [B, S, d] -> streams [B, S, n, d]. ``copy``: every stream is the embedding."""
-
-    def __init__(self, config: HizooConfig):
-        super().__init__()
-        self.n_streams = config.n_streams
-        if config.stream_init != "copy":
-            raise ValueError(f"stream_init={config.stream_init!r} is not implemented yet; available: 'copy'")
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x.unsqueeze(-2).expand(*x.shape[:-1], self.n_streams, x.shape[-1])
+def connection_index(layer_idx: int, branch: str) -> int:
+    """k = 2·layer_idx + (0 attention | 1 FFN): every branch counts as one layer."""
+    if branch not in ("attn", "ffn"):
+        raise ValueError(f"branch={branch!r} is not allowed; choose 'attn' or 'ffn'")
+    return 2 * layer_idx + (branch == "ffn")
 
 
-def reduce_streams(streams: Tensor) -> Tensor:
-    """Sum the streams: [B, S, n, d] -> [B, S, d]."""
-    return streams.sum(dim=-2)
+def read_streams(streams: Tensor, read: Tensor) -> Tensor:
+    """h = Σ_i r_i H_i: streams [..., n, d], read [n] or [..., n] -> [..., d]."""
+    return (read.to(streams.dtype).unsqueeze(-2) @ streams).squeeze(-2)  # [..., 1, n] @ [..., n, d]
 
+
+def write_streams(streams: Tensor, branch_out: Tensor, mix: Tensor, write: Tensor) -> Tensor:
+    """H'_j = Σ_i M[i, j] H_i + w_j F: streams [..., n, d], branch_out [..., d], mix [n, n] or [..., n, n],
+    write [n] or [..., n] -> [..., n, d]."""
+    dtype = streams.dtype
+    mixed = mix.to(dtype).transpose(-1, -2) @ streams  # [..., n, n] @ [..., n, d]: row j = Σ_i M[i, j] H_i
+    return mixed + write.to(dtype).unsqueeze(-1) * branch_out.unsqueeze(-2)  # + w_j F
 
 class ResidualStreams(nn.Module):
-    """The connection of one branch. ``residual="none"``: h = x, x' = x + F(h)."""
+    """The connection of one branch (see the module docstring for the maths and the ctx contract).
+
+    Parameters (raw ``nn.Parameter``, initialized in ``reset_parameters``):
+    - hc: ``static_read`` A_m [n], ``static_mix`` A_r [n, n], ``static_write`` B [n]; dynamic adds
+      ``dynamic_proj`` [W_m | W_r | W_β] [d, n + 2] and ``dynamic_scale`` [s_α, s_β] [2].
+    - mhc / mhc_lite: biases ``pre_bias`` [n], ``post_bias`` [n], ``res_bias`` [n, n] (mhc) or [n!]
+      (mhc_lite); ``proj`` [φ_pre | φ_post | φ_res] [n·d, 2n + n² or 2n + n!]; ``alpha`` [α_pre, α_post, α_res].
+    """
 
     def __init__(self, config: HizooConfig, layer_idx: int, branch: str):
         super().__init__()
-        if config.residual != "none":
-            raise ValueError(f"residual={config.residual!r} is not implemented yet; available: 'none'")
+        self.kind = config.residual
         self.layer_idx = layer_idx
         self.branch = branch  # 'attn' | 'ffn'
+        self.index = connection_index(layer_idx, branch)
+        self.n_streams = n = config.n_streams
+        self.stream = self.index % n  # the stream this connection reads at initialization
+        self.eps = config.rms_norm_eps
+        self.recompute = config.hc_recompute
+        self.perturb = config.stream_init == "perturb"
+        d = config.hidden_size
+        if self.kind == "none":
+            if n != 1:
+                raise ValueError(f"residual='none' has one stream; got n_streams={n}")
+            return
+        if self.kind == "hc":
+            self.dynamic = config.hc_dynamic
+            self.static_read = nn.Parameter(torch.empty(n))  # A_m
+            self.static_mix = nn.Parameter(torch.empty(n, n))  # A_r[i, j]: input i -> output j
+            self.static_write = nn.Parameter(torch.empty(n))  # B
+            if self.dynamic:
+                self.dynamic_proj = nn.Parameter(torch.empty(d, n + 2))  # [W_m | W_r | W_β]
+                self.dynamic_scale = nn.Parameter(torch.empty(2))  # [s_α, s_β]
+        elif self.kind in ("mhc", "mhc_lite"):
+            self.dynamic = True
+            self.sinkhorn_iters = config.mhc_sinkhorn_iters
+            self.alpha_init = config.mhc_alpha_init
+            n_res = n * n if self.kind == "mhc" else math.factorial(n)
+            self.pre_bias = nn.Parameter(torch.empty(n))
+            self.post_bias = nn.Parameter(torch.empty(n))
+            self.res_bias = nn.Parameter(torch.empty(n, n) if self.kind == "mhc" else torch.empty(n_res))
+            self.proj = nn.Parameter(torch.empty(n * d, 2 * n + n_res))  # [φ_pre | φ_post | φ_res]
+            self.alpha = nn.Parameter(torch.empty(3))  # [α_pre, α_post, α_res]
+        else:
+            raise ValueError(f"residual={self.kind!r} is not allowed; choose one of 'none', 'hc', 'mhc', 'mhc_lite'")
+        self.reset_parameters()
 
+    # ------------------------------------------------------------------ initialization
+    def reset_parameters(self) -> None:
+        """HC: A_m = e_k, A_r = I, B = 1, W = 0, s = 0.01 (Eq. 14 and §3.2). mHC: b_pre = b_post = +1 at stream
+        k and −1 elsewhere, b_res = 0 on the diagonal and −8 off it (mhc_lite: 0 for the identity, −8 for the
+        other permutations), φ = 0, α = ``mhc_alpha_init``. ``perturb`` adds N(0, 0.1²) to the static weights
+        or logits. transformers.initialization functions skip values loaded by from_pretrained."""
+        if self.kind == "none":
+            return
+        n, k = self.n_streams, self.stream
+        one_hot = torch.zeros(n)
+        one_hot[k] = 1.0
+        if self.kind == "hc":
+            static = {self.static_read: one_hot, self.static_mix: torch.eye(n), self.static_write: torch.ones(n)}
+            if self.dynamic:
+                init.zeros_(self.dynamic_proj)
+                init.constant_(self.dynamic_scale, HC_DYNAMIC_SCALE_INIT)
+        else:
+            gate = MHC_READ_LOGIT * (2 * one_hot - 1)  # +1 at stream k, −1 elsewhere
+            if self.kind == "mhc":
+                res = torch.full((n, n), MHC_OFF_DIAGONAL_LOGIT).fill_diagonal_(0.0)
+            else:
+                res = torch.full((math.factorial(n),), MHC_OFF_DIAGONAL_LOGIT)
+                res[0] = 0.0  # permutation 0 is the identity
+            static = {self.pre_bias: gate, self.post_bias: gate.clone(), self.res_bias: res}
+            init.zeros_(self.proj)
+            init.constant_(self.alpha, self.alpha_init)
+        for param, value in static.items():
+            if self.perturb:
+                value = value + PERTURB_STD * torch.randn(value.shape)
+            init.copy_(param, value)
+
+    # ------------------------------------------------------------------ coefficients
+    def _coefficients(self, streams: Tensor) -> dict[str, Tensor]:
+        """streams [B, S, n, d] -> read [.., n], mix [.., n, n], write [.., n] (+ mix_logits for mHC)."""
+        if self.kind == "hc":
+            if not self.dynamic:
+                return {"read": self.static_read, "write": self.static_write, "mix": self.static_mix}
+            n = self.n_streams
+            x = streams.float()
+            # tanh(norm(H) W) = tanh((H W) / rms(H)): one [n, d] @ [d, n + 2] product per token (HC Eq. 10–13)
+            inv_rms = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)  # [B, S, n, 1]
+            z = torch.tanh((x @ self.dynamic_proj.float()) * inv_rms)  # [B, S, n, n + 2]
+            s_alpha, s_beta = self.dynamic_scale.float().unbind()
+            return {
+                "read": self.static_read.float() + s_alpha * z[..., 0],  # A_m(H) [B, S, n]
+                "write": self.static_write.float() + s_beta * z[..., n + 1],  # B(H) [B, S, n]
+                "mix": self.static_mix.float() + s_alpha * z[..., 1:n + 1],  # A_r(H) [B, S, n, n]
+            }
+        # mHC Eq. 7: RMSNorm over all nC values (no gain: it would fold into φ), so x⃗' φ = (x⃗ φ) / rms(x⃗)
+        n = self.n_streams
+        x = streams.flatten(-2).float()  # [B, S, n·d]
+        inv_rms = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)  # [B, S, 1]
+        z = (x @ self.proj.float()) * inv_rms  # [B, S, 2n + n_res]
+        a_pre, a_post, a_res = self.alpha.float().unbind()
+        pre = torch.sigmoid(a_pre * z[..., :n] + self.pre_bias.float())  # H_pre [B, S, n]    (Eq. 8)
+        post = 2.0 * torch.sigmoid(a_post * z[..., n:2 * n] + self.post_bias.float())  # H_post [B, S, n]
+        if self.kind == "mhc":
+            logits = a_res * z[..., 2 * n:].unflatten(-1, (n, n)) + self.res_bias.float()  # [B, S, n, n]
+            mix = sinkhorn_log(logits, self.sinkhorn_iters)
+        else:
+            logits = a_res * z[..., 2 * n:] + self.res_bias.float()  # [B, S, n!]
+            mix = permutation_mixture(logits)
+        return {"read": pre, "write": post, "mix": mix, "mix_logits": logits}
+
+    def _read(self, streams: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        ctx = self._coefficients(streams)
+        return read_streams(streams, ctx["read"]), ctx
+
+    # ------------------------------------------------------------------ interface
     def read(self, streams: Tensor) -> tuple[Tensor, dict]:
-        return streams[..., 0, :], {}  # [B, S, d]
+        """streams [B, S, n, d] -> (branch input h [B, S, d], ctx)."""
+        if self.kind == "none":
+            return streams[..., 0, :], {}
+        if self.recompute and torch.is_grad_enabled():
+            return checkpoint(self._read, streams, use_reentrant=False)
+        return self._read(streams)
 
     def write(self, streams: Tensor, branch_out: Tensor, ctx: dict) -> Tensor:
-        return streams + branch_out.unsqueeze(-2)
+        """streams [B, S, n, d], branch output [B, S, d] -> streams [B, S, n, d]."""
+        if self.kind == "none":
+            return streams + branch_out.unsqueeze(-2)
+        if self.recompute and torch.is_grad_enabled():
+            return checkpoint(write_streams, streams, branch_out, ctx["mix"], ctx["write"], use_reentrant=False)
+        return write_streams(streams, branch_out, ctx["mix"], ctx["write"])

@@ -1,0 +1,59 @@
+"""Projections onto doubly stochastic matrices for mHC's residual mixing H_res.
+
+Two ways, both batched over any leading dimensions and computed in fp32:
+
+- ``sinkhorn_log``: Sinkhorn–Knopp (mHC, DeepSeek arXiv 2512.24880, Eq. 8) on exp(logits), alternating
+  normalizations in the log domain (logsumexp), so logits of -8 or +30 neither underflow nor overflow.
+  After a finite number of iterations the last-normalized axis sums to 1 exactly and the other to 1 up
+  to the (geometrically shrinking) Sinkhorn residual.
+- ``permutation_mixture``: mHC-lite, H_res = Σ_r softmax(c)_r P_r over all n! permutation matrices P_r
+  (Birkhoff–von Neumann), exactly doubly stochastic without iterations.
+
+Layout: ``mix[..., i, j]`` is the weight of input stream i in output stream j (the transpose of the
+paper's H_res[out, in]; doubly stochastic either way).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from functools import lru_cache
+
+import torch
+from torch import Tensor
+
+
+def sinkhorn_log(logits: Tensor, iters: int) -> Tensor:
+    """logits [..., n, n] -> doubly stochastic [..., n, n] (fp32).
+
+    Each iteration normalizes over the output axis j (each input stream distributes a total weight of 1,
+    the paper's column normalization of H_res[out, in]) and then over the input axis i (each output
+    stream is a convex combination of the inputs, the paper's row normalization), as
+    M ← T_r(T_c(M)) in mHC Eq. 8.
+    """
+    log_m = logits.float()
+    for _ in range(iters):
+        log_m = log_m - torch.logsumexp(log_m, dim=-1, keepdim=True)  # Σ_j mix[i, j] = 1
+        log_m = log_m - torch.logsumexp(log_m, dim=-2, keepdim=True)  # Σ_i mix[i, j] = 1
+    return log_m.exp()
+
+
+@lru_cache(maxsize=8)
+def _permutations_cpu(n: int) -> Tensor:
+    index = torch.tensor(list(itertools.permutations(range(n))), dtype=torch.long)  # [n!, n]; row 0 = identity
+    return torch.eye(n)[index]  # [n!, n, n]: P_r[i, j] = 1 iff j = perm_r(i)
+
+
+def permutation_matrices(n: int, device: torch.device | str | None = None) -> Tensor:
+    """All n! permutation matrices [n!, n, n], the identity first. Cached per n (a constant, never mutated)."""
+    return _permutations_cpu(n).to(device)
+
+
+def permutation_mixture(logits: Tensor) -> Tensor:
+    """logits [..., n!] -> Σ_r softmax(logits)_r P_r  [..., n, n] (fp32), exactly doubly stochastic."""
+    n_perm = logits.shape[-1]
+    n = next(k for k in range(1, 8) if math.factorial(k) == n_perm)
+    perms = permutation_matrices(n, logits.device).flatten(1)  # [n!, n²]
+    weights = torch.softmax(logits.float(), dim=-1)  # [..., n!]
+    return (weights @ perms).unflatten(-1, (n, n))
+
