@@ -90,14 +90,14 @@ class HizooConfig(PreTrainedConfig):
     himoe_group_mass: str = "dense"
     himoe_intra_warmup_steps: int = 0
 
-    # --- residual streams (hyper-connections) ---
-    residual: str = "none"
+    # --- residual streams (hyper-connections; models/hyper_connections.py) ---
+    residual: str = "none"  # none | hc (Zhu et al. 2024) | mhc (DeepSeek 2025) | mhc_lite (permutation mixture)
     n_streams: int = 1
-    hc_dynamic: bool = False
-    stream_init: str = "copy"
+    hc_dynamic: bool = False  # hc only: add the token-dependent terms s ⊙ tanh(norm(H) W); mhc is always dynamic
+    stream_init: str = "copy"  # copy | lss | rotate | split | perturb (models/stream_init.py)
     mhc_sinkhorn_iters: int = 20
-    mhc_alpha_init: float = 0.01
-    hc_recompute: bool = False
+    mhc_alpha_init: float = 0.01  # α_pre = α_post = α_res at init
+    hc_recompute: bool = False  # recompute each connection's coefficients and mixing in backward
 
     def __post_init__(self, **kwargs):
         if self.num_key_value_heads is None:
@@ -205,6 +205,11 @@ class HizooConfig(PreTrainedConfig):
         _check_positive_int(self, "n_streams")
         _check_positive_int(self, "mhc_sinkhorn_iters")
         _check_positive(self, "mhc_alpha_init")
+        for name in ("hc_dynamic", "hc_recompute"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be True or False")
+        if self.stream_init == "rotate" and self.hidden_size < 2:
+            raise ValueError(f"stream_init='rotate' rotates channel pairs; hidden_size={self.hidden_size} must be >= 2")
         if self.residual == "none" and self.n_streams != 1:
             raise ValueError(f"n_streams={self.n_streams} needs residual='hc', 'mhc' or 'mhc_lite'; residual='none' has 1")
         if self.residual in ("mhc", "mhc_lite") and self.n_streams < 2:

@@ -30,6 +30,11 @@ def sinkhorn_log(logits: Tensor, iters: int) -> Tensor:
     the paper's column normalization of H_res[out, in]) and then over the input axis i (each output
     stream is a convex combination of the inputs, the paper's row normalization), as
     M ← T_r(T_c(M)) in mHC Eq. 8.
+
+    Convergence: the input axis is exact after every iteration; the output axis converges geometrically,
+    but slowly for nearly decomposable matrices. Near mHC's identity init (logits 0 / −8) with
+    token-dependent noise, 20 iterations leave row-sum residuals of ~1e-4–1e-3 (the analysis reports
+    them as "column sums of H_res"); logits with a spread of ±0.5 converge to fp32 precision.
     """
     log_m = logits.float()
     for _ in range(iters):
