@@ -72,15 +72,78 @@ def connection_index(layer_idx: int, branch: str) -> int:
 
 def read_streams(streams: Tensor, read: Tensor) -> Tensor:
     """h = Σ_i r_i H_i: streams [..., n, d], read [n] or [..., n] -> [..., d]."""
-    return (read.to(streams.dtype).unsqueeze(-2) @ streams).squeeze(-2)  # [..., 1, n] @ [..., n, d]
+    return _ReadStreams.apply(streams, read.to(streams.dtype))
 
 
 def write_streams(streams: Tensor, branch_out: Tensor, mix: Tensor, write: Tensor) -> Tensor:
     """H'_j = Σ_i M[i, j] H_i + w_j F: streams [..., n, d], branch_out [..., d], mix [n, n] or [..., n, n],
     write [n] or [..., n] -> [..., n, d]."""
-    dtype = streams.dtype
-    mixed = mix.to(dtype).transpose(-1, -2) @ streams  # [..., n, n] @ [..., n, d]: row j = Σ_i M[i, j] H_i
-    return mixed + write.to(dtype).unsqueeze(-1) * branch_out.unsqueeze(-2)  # + w_j F
+    return _WriteStreams.apply(streams, branch_out, mix.to(streams.dtype), write.to(streams.dtype))
+
+
+# The stream mixing is a per-token [n, n] @ [n, d] product with n ≈ 4. Batched GEMMs of that size run as
+# thousands of tiny matmuls, einsum with shared weights copies the streams into a transposed layout, and
+# autograd through a loop of slices allocates a zero-filled [.., n, d] gradient per slice. So forward and
+# backward are written out as n fused multiply-adds over contiguous [.., d] rows, saving only the inputs.
+
+
+def _sum_to(grad: Tensor, like: Tensor) -> Tensor:
+    """Reduce a per-token gradient [..., *s] to the shape of a shared (static) weight [*s]."""
+    return grad.sum_to_size(like.shape) if grad.shape != like.shape else grad
+
+
+class _ReadStreams(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, streams: Tensor, read: Tensor) -> Tensor:
+        r = read.unsqueeze(-1)  # [..., n, 1]
+        h = r[..., 0, :] * streams[..., 0, :]  # [..., d]
+        for i in range(1, streams.shape[-2]):
+            h.addcmul_(r[..., i, :], streams[..., i, :])
+        ctx.save_for_backward(streams, read)
+        return h
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        streams, read = ctx.saved_tensors
+        g = grad.unsqueeze(-2)  # [..., 1, d]
+        d_streams = read.unsqueeze(-1) * g if ctx.needs_input_grad[0] else None  # ∂h/∂H_i = r_i
+        d_read = _sum_to((streams * g).sum(-1), read) if ctx.needs_input_grad[1] else None  # <H_i, g>
+        return d_streams, d_read
+
+
+class _WriteStreams(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, streams: Tensor, branch_out: Tensor, mix: Tensor, write: Tensor) -> Tensor:
+        m = mix.unsqueeze(-1)  # [..., n(i), n(j), 1]
+        out = write.unsqueeze(-1) * branch_out.unsqueeze(-2)  # w_j F  [..., n, d]
+        for i in range(streams.shape[-2]):
+            out.addcmul_(m[..., i, :, :], streams[..., i, None, :])  # += M[i, j] H_i
+        ctx.save_for_backward(streams, branch_out, mix, write)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        streams, branch_out, mix, write = ctx.saved_tensors
+        n = streams.shape[-2]
+        grad = grad.contiguous()
+        d_streams = d_out = d_mix = d_write = None
+        if ctx.needs_input_grad[0]:  # dH_i = Σ_j M[i, j] g_j
+            m = mix.unsqueeze(-1)  # [..., n(i), n(j), 1]
+            d_streams = m[..., :, 0, :] * grad[..., 0, None, :]
+            for j in range(1, n):
+                d_streams.addcmul_(m[..., :, j, :], grad[..., j, None, :])
+        if ctx.needs_input_grad[1]:  # dF = Σ_j w_j g_j
+            w = write.unsqueeze(-1)  # [..., n, 1]
+            d_out = w[..., 0, :] * grad[..., 0, :]
+            for j in range(1, n):
+                d_out.addcmul_(w[..., j, :], grad[..., j, :])
+        if ctx.needs_input_grad[2]:  # dM[i, j] = <H_i, g_j>
+            d_mix = torch.stack([(streams[..., i, None, :] * grad).sum(-1) for i in range(n)], dim=-2)
+            d_mix = _sum_to(d_mix, mix)
+        if ctx.needs_input_grad[3]:  # dw_j = <F, g_j>
+            d_write = _sum_to((grad * branch_out.unsqueeze(-2)).sum(-1), write)
+        return d_streams, d_out, d_mix, d_write
+
 
 class ResidualStreams(nn.Module):
     """The connection of one branch (see the module docstring for the maths and the ctx contract).

@@ -24,23 +24,62 @@ from torch import Tensor
 
 
 def sinkhorn_log(logits: Tensor, iters: int) -> Tensor:
-    """logits [..., n, n] -> doubly stochastic [..., n, n] (fp32).
+    """logits [..., n, n] -> doubly stochastic [..., n, n] (fp32; fp64 stays fp64).
 
-    Each iteration normalizes over the output axis j (each input stream distributes a total weight of 1,
-    the paper's column normalization of H_res[out, in]) and then over the input axis i (each output
-    stream is a convex combination of the inputs, the paper's row normalization), as
-    M ← T_r(T_c(M)) in mHC Eq. 8.
+    Sinkhorn–Knopp on exp(logits) (mHC Eq. 8, M ← T_r(T_c(M))): each iteration normalizes over the output
+    axis j (each input stream distributes a total weight of 1, the paper's column normalization of
+    H_res[out, in]) and then over the input axis i (each output stream is a convex combination of the
+    inputs, the paper's row normalization).
+
+    Stability as in the log domain at a third of the cost: the logits are shifted by their per-matrix
+    maximum (Sinkhorn is invariant to that shift) and clamped to at most ``CLAMP`` below it before exp, so
+    no entry overflows and no row or column sums to zero in fp32. Forward runs without autograd; the
+    backward (``_Sinkhorn``) replays the normalizations analytically from the saved iterates, so the 2·iters
+    steps cost two small tensors each instead of an autograd graph.
 
     Convergence: the input axis is exact after every iteration; the output axis converges geometrically,
     but slowly for nearly decomposable matrices. Near mHC's identity init (logits 0 / −8) with
     token-dependent noise, 20 iterations leave row-sum residuals of ~1e-4–1e-3 (the analysis reports
     them as "column sums of H_res"); logits with a spread of ±0.5 converge to fp32 precision.
     """
-    log_m = logits.float()
-    for _ in range(iters):
-        log_m = log_m - torch.logsumexp(log_m, dim=-1, keepdim=True)  # Σ_j mix[i, j] = 1
-        log_m = log_m - torch.logsumexp(log_m, dim=-2, keepdim=True)  # Σ_i mix[i, j] = 1
-    return log_m.exp()
+    if logits.dtype != torch.float64:
+        logits = logits.float()
+    return _Sinkhorn.apply(logits, iters)
+
+
+CLAMP = 80.0  # e^-80 ≈ 1.8e-35 is still a normal fp32 number
+
+
+class _Sinkhorn(torch.autograd.Function):
+    """Works in the layout [n, n, batch] (batch contiguous), where each normalization is a handful of
+    vectorized adds over contiguous rows instead of a strided reduction over 4 elements."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, iters: int) -> Tensor:
+        with torch.no_grad():
+            x = logits.movedim((-2, -1), (0, 1)).contiguous()  # [n(i), n(j), ...]
+            shifted = x - x.amax(dim=(0, 1), keepdim=True)
+            m = shifted.clamp(min=-CLAMP).exp()
+            steps = []  # (normalized iterate, its normalizer) per half step
+            for _ in range(iters):
+                for dim in (1, 0):  # over outputs j, then over inputs i
+                    norm = m.sum(dim, keepdim=True)
+                    m = m / norm
+                    steps.append((m, norm))
+        ctx.save_for_backward(shifted, *(t for step in steps for t in step))
+        return m.movedim((0, 1), (-2, -1))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        shifted, *saved = ctx.saved_tensors
+        steps = list(zip(saved[0::2], saved[1::2]))
+        grad = grad.movedim((-2, -1), (0, 1)).contiguous()  # [n, n, ...] like the saved iterates
+        for step, (y, norm) in zip(range(len(steps) - 1, -1, -1), reversed(steps)):
+            dim = 1 if step % 2 == 0 else 0
+            # y = x / Σ_dim x  ->  dx = (dy − Σ_dim(dy ⊙ y)) / Σ_dim x
+            grad = (grad - (grad * y).sum(dim, keepdim=True)) / norm
+        grad = grad * shifted.clamp(min=-CLAMP).exp() * (shifted >= -CLAMP)  # exp and clamp; the shift: zero
+        return grad.movedim((0, 1), (-2, -1)), None
 
 
 @lru_cache(maxsize=8)

@@ -126,8 +126,9 @@ def test_dynamic_hc_formula():
 
 def test_sinkhorn_is_doubly_stochastic_for_random_logits():
     logits = torch.randn(4096, 4, 4, generator=torch.Generator().manual_seed(0)) * 0.5
-    m = sinkhorn_log(logits.double(), 20)
-    assert m.dtype == torch.float32 and (m > 0).all()  # fp32 whatever the input
+    m = sinkhorn_log(logits.bfloat16(), 20)
+    assert m.dtype == torch.float32 and (m > 0).all()  # fp32 for half-precision logits
+    m = sinkhorn_log(logits, 20)
     torch.testing.assert_close(m.sum(-1), torch.ones(4096, 4), atol=1e-5, rtol=0)
     torch.testing.assert_close(m.sum(-2), torch.ones(4096, 4), atol=1e-5, rtol=0)
 
@@ -144,6 +145,39 @@ def test_sinkhorn_on_wide_logits_is_exact_on_the_last_axis_and_converges_on_the_
     assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-2
     init = torch.full((4, 4), -8.0).fill_diagonal_(0.0)
     torch.testing.assert_close(sinkhorn_log(init, 20).sum(-1), torch.ones(4), atol=1e-6, rtol=0)
+
+
+def test_sinkhorn_matches_the_log_domain_reference_and_its_gradient():
+    def reference(logits, iters):
+        for _ in range(iters):
+            logits = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+            logits = logits - torch.logsumexp(logits, dim=-2, keepdim=True)
+        return logits.exp()
+
+    logits = (torch.randn(2, 5, 4, 4, dtype=torch.float64) * 2).requires_grad_()
+    torch.testing.assert_close(sinkhorn_log(logits, 20), reference(logits, 20))
+    assert torch.autograd.gradcheck(lambda x: sinkhorn_log(x, 6), (logits,))
+    wide = torch.tensor([[0.0, -200.0], [-200.0, 0.0]])  # far past the clamp: still finite, still ≈ I
+    assert torch.allclose(sinkhorn_log(wide, 20), torch.eye(2))
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_stream_mixing_gradients(shared):
+    """The hand-written backward of read/write against finite differences, per-token and shared weights."""
+    from hizoo.models.hyper_connections import read_streams, write_streams
+
+    g = torch.Generator().manual_seed(0)
+    H = torch.randn(2, 3, 4, 5, dtype=torch.float64, generator=g).requires_grad_()
+    F = torch.randn(2, 3, 5, dtype=torch.float64, generator=g).requires_grad_()
+    lead = () if shared else (2, 3)
+    r, w = (torch.randn(*lead, 4, dtype=torch.float64, generator=g).requires_grad_() for _ in range(2))
+    M = torch.randn(*lead, 4, 4, dtype=torch.float64, generator=g).requires_grad_()
+    assert torch.autograd.gradcheck(read_streams, (H, r))
+    assert torch.autograd.gradcheck(write_streams, (H, F, M, w))
+    tok = "" if shared else "bs"
+    torch.testing.assert_close(read_streams(H, r), torch.einsum(f"{tok}i,bsid->bsd", r, H))
+    torch.testing.assert_close(write_streams(H, F, M, w),
+                               torch.einsum(f"{tok}ij,bsid->bsjd", M, H) + w[..., None] * F[..., None, :])
 
 
 def test_permutation_mixture_is_doubly_stochastic_and_identity_first():
