@@ -39,7 +39,9 @@ Static weights are the parameters themselves; dynamic ones are per token and fp3
 
 Memory: with ``hc_recompute`` the coefficient and mixing math of each connection runs under
 ``torch.utils.checkpoint``, so its intermediates (normalized streams, tanh/sigmoid outputs, the 2×iters
-Sinkhorn steps) are recomputed in backward instead of stored; each connection keeps only its inputs.
+Sinkhorn steps) are recomputed in backward instead of stored; each connection keeps only its inputs: the
+streams (n·d per token, which the read and the write share) and the branch output (d). Keeping streams only
+every few layers and replaying the mixing across connections (mHC §4.3) is not done here.
 """
 
 from __future__ import annotations
@@ -85,6 +87,11 @@ def write_streams(streams: Tensor, branch_out: Tensor, mix: Tensor, write: Tenso
 # thousands of tiny matmuls, einsum with shared weights copies the streams into a transposed layout, and
 # autograd through a loop of slices allocates a zero-filled [.., n, d] gradient per slice. So forward and
 # backward are written out as n fused multiply-adds over contiguous [.., d] rows, saving only the inputs.
+
+
+def _inv_rms(x: Tensor, eps: float) -> Tensor:
+    """1 / sqrt(mean(x²) + eps) over the last dim, [..., D] -> [..., 1] (one reduction kernel)."""
+    return torch.rsqrt(torch.linalg.vector_norm(x, dim=-1, keepdim=True).square() / x.shape[-1] + eps)
 
 
 def _sum_to(grad: Tensor, like: Tensor) -> Tensor:
@@ -233,7 +240,7 @@ class ResidualStreams(nn.Module):
             n = self.n_streams
             x = streams.float()
             # tanh(norm(H) W) = tanh((H W) / rms(H)): one [n, d] @ [d, n + 2] product per token (HC Eq. 10–13)
-            inv_rms = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)  # [B, S, n, 1]
+            inv_rms = _inv_rms(x, self.eps)  # [B, S, n, 1]
             z = torch.tanh((x @ self.dynamic_proj.float()) * inv_rms)  # [B, S, n, n + 2]
             s_alpha, s_beta = self.dynamic_scale.float().unbind()
             return {
@@ -244,7 +251,7 @@ class ResidualStreams(nn.Module):
         # mHC Eq. 7: RMSNorm over all nC values (no gain: it would fold into φ), so x⃗' φ = (x⃗ φ) / rms(x⃗)
         n = self.n_streams
         x = streams.flatten(-2).float()  # [B, S, n·d]
-        inv_rms = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)  # [B, S, 1]
+        inv_rms = _inv_rms(x, self.eps)  # [B, S, 1]
         z = (x @ self.proj.float()) * inv_rms  # [B, S, 2n + n_res]
         a_pre, a_post, a_res = self.alpha.float().unbind()
         pre = torch.sigmoid(a_pre * z[..., :n] + self.pre_bias.float())  # H_pre [B, S, n]    (Eq. 8)
