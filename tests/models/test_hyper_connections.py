@@ -388,3 +388,33 @@ def test_bad_values_raise_clear_errors(kwargs, field):
     assert field in str(err.value)
     if "shuffle" in field:
         assert "'lss'" in str(err.value) and "'rotate'" in str(err.value)  # lists what is allowed
+
+
+@pytest.mark.parametrize("overrides, shapes", [
+    (dict(), {}),
+    (dict(residual="hc", n_streams=3), {"read": (3,), "write": (3,), "mix": (3, 3)}),
+    (dict(residual="hc", n_streams=3, hc_dynamic=True), {"read": (2, 9, 3), "write": (2, 9, 3), "mix": (2, 9, 3, 3)}),
+    (dict(residual="mhc", n_streams=3),
+     {"read": (2, 9, 3), "write": (2, 9, 3), "mix": (2, 9, 3, 3), "mix_logits": (2, 9, 3, 3)}),
+    (dict(residual="mhc_lite", n_streams=3),
+     {"read": (2, 9, 3), "write": (2, 9, 3), "mix": (2, 9, 3, 3), "mix_logits": (2, 9, 6)}),
+])
+def test_diagnostics_context_contract(overrides, shapes):
+    model = _model(**overrides)
+    with torch.no_grad():
+        out = model(_ids(), output_diagnostics=True)
+    for layer in out.diagnostics:
+        for branch in ("attn", "ffn"):
+            assert {k: tuple(v.shape) for k, v in layer[branch].items()} == shapes
+        assert layer["streams"].shape == (2, 9, overrides.get("n_streams", 1), TINY["hidden_size"])
+
+
+@pytest.mark.parametrize("residual", ["hc", "mhc"])
+def test_bfloat16_training_step(residual):
+    model = _model(residual=residual, n_streams=4, hc_dynamic=True, stream_init="lss").to(torch.bfloat16).train()
+    ids = _ids()
+    out = model(ids, labels=ids, output_diagnostics=True)
+    out.loss.backward()
+    assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.loss)
+    assert out.diagnostics[0]["attn"]["mix"].dtype == torch.float32  # coefficients are computed in fp32
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
