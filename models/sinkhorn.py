@@ -34,8 +34,8 @@ def sinkhorn_log(logits: Tensor, iters: int) -> Tensor:
     Stability as in the log domain at a third of the cost: the logits are shifted by their per-matrix
     maximum (Sinkhorn is invariant to that shift) and clamped to at most ``CLAMP`` below it before exp, so
     no entry overflows and no row or column sums to zero in fp32. Forward runs without autograd; the
-    backward (``_Sinkhorn``) replays the normalizations analytically from the saved iterates, so the 2·iters
-    steps cost two small tensors each instead of an autograd graph.
+    backward (``_Sinkhorn``) replays the normalizations analytically from the saved normalizers, so the
+    2·iters steps cost one [n, batch] tensor each instead of an autograd graph.
 
     Convergence: the input axis is exact after every iteration; the output axis converges geometrically,
     but slowly for nearly decomposable matrices. Near mHC's identity init (logits 0 / −8) with
@@ -52,7 +52,9 @@ CLAMP = 80.0  # e^-80 ≈ 1.8e-35 is still a normal fp32 number
 
 class _Sinkhorn(torch.autograd.Function):
     """Works in the layout [n, n, batch] (batch contiguous), where each normalization is a handful of
-    vectorized adds over contiguous rows instead of a strided reduction over 4 elements."""
+    vectorized adds over contiguous rows instead of a strided reduction over 4 elements. Saves the shifted
+    logits and the 2·iters normalizers ([n, 1, batch] / [1, n, batch]); backward replays the iterates from
+    them (one division each) and then differentiates the normalizations in reverse."""
 
     @staticmethod
     def forward(ctx, logits: Tensor, iters: int) -> Tensor:
@@ -60,25 +62,29 @@ class _Sinkhorn(torch.autograd.Function):
             x = logits.movedim((-2, -1), (0, 1)).contiguous()  # [n(i), n(j), ...]
             shifted = x - x.amax(dim=(0, 1), keepdim=True)
             m = shifted.clamp(min=-CLAMP).exp()
-            steps = []  # (normalized iterate, its normalizer) per half step
+            norms = []
             for _ in range(iters):
                 for dim in (1, 0):  # over outputs j, then over inputs i
                     norm = m.sum(dim, keepdim=True)
                     m = m / norm
-                    steps.append((m, norm))
-        ctx.save_for_backward(shifted, *(t for step in steps for t in step))
+                    norms.append(norm)
+        ctx.save_for_backward(shifted, *norms)
         return m.movedim((0, 1), (-2, -1))
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        shifted, *saved = ctx.saved_tensors
-        steps = list(zip(saved[0::2], saved[1::2]))
-        grad = grad.movedim((-2, -1), (0, 1)).contiguous()  # [n, n, ...] like the saved iterates
-        for step, (y, norm) in zip(range(len(steps) - 1, -1, -1), reversed(steps)):
+        shifted, *norms = ctx.saved_tensors
+        m0 = shifted.clamp(min=-CLAMP).exp()
+        iterates, m = [], m0
+        for norm in norms:
+            m = m / norm
+            iterates.append(m)
+        grad = grad.movedim((-2, -1), (0, 1)).contiguous()  # [n, n, ...] like the iterates
+        for step in range(len(norms) - 1, -1, -1):
             dim = 1 if step % 2 == 0 else 0
             # y = x / Σ_dim x  ->  dx = (dy − Σ_dim(dy ⊙ y)) / Σ_dim x
-            grad = (grad - (grad * y).sum(dim, keepdim=True)) / norm
-        grad = grad * shifted.clamp(min=-CLAMP).exp() * (shifted >= -CLAMP)  # exp and clamp; the shift: zero
+            grad = (grad - (grad * iterates[step]).sum(dim, keepdim=True)) / norms[step]
+        grad = grad * m0 * (shifted >= -CLAMP)  # through exp and the clamp; the max shift has zero gradient
         return grad.movedim((0, 1), (-2, -1)), None
 
 
