@@ -15,7 +15,8 @@ and the kinds differ only in where (r, M, w) come from:
 - ``hc`` (Zhu et al. 2024, arXiv 2409.19606): the matrix [[0, B], [A_m, A_r]] (Eq. 1), r = A_m,
   M = A_r, w = B (Eqs. 2–5). Static: learned constants initialized as Eq. 14's Pre-Norm equivalent,
   A_m = e_{k mod n}, A_r = I, B = 1. Dynamic (``hc_dynamic``, Eqs. 10–13): with H̄ = norm(H) per stream,
-  A_m += s_α ⊙ tanh(H̄ W_m), A_r += s_α ⊙ tanh(H̄ W_r), B += s_β ⊙ tanh(H̄ W_β)ᵀ; W = 0, s = 0.01 at init.
+  A_m += s_α ⊙ tanh(H̄ W_m), A_r += s_α ⊙ tanh(H̄ W_r), B += s_β ⊙ tanh(H̄ W_β)ᵀ; W = 0, s = 0.01
+  at init.
 - ``mhc`` (DeepSeek, arXiv 2512.24880): x_{l+1} = H_res x_l + H_postᵀ F(H_pre x_l) (Eq. 3). The streams
   are flattened to x⃗ ∈ R^{nC} and RMS-normalized over all nC values, H̃ = α·(x⃗' φ) + b for pre (n),
   post (n) and res (n²) (Eq. 7); r = H_pre = σ(H̃_pre), w = H_post = 2σ(H̃_post),

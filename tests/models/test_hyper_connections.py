@@ -1,7 +1,6 @@
 """Residual streams: HC (static, dynamic), mHC, mHC-lite and the stream initializations, against the plain
 residual, the papers' formulas on hand-checked numbers, and through save/load and generation."""
 
-import itertools
 
 import pytest
 import torch
@@ -45,7 +44,8 @@ def test_hc_with_copy_init_equals_the_plain_model_at_init(dynamic):
     """Every stream stays a copy of the plain residual; the final RMSNorm absorbs the sum of n copies (exactly
     up to its eps, which sees n² times the mean square: a tiny eps makes that invisible)."""
     plain = _model(rms_norm_eps=1e-12)
-    hc = HizooForCausalLM(HizooConfig(**TINY, residual="hc", n_streams=4, hc_dynamic=dynamic, rms_norm_eps=1e-12)).eval()
+    config = HizooConfig(**TINY, residual="hc", n_streams=4, hc_dynamic=dynamic, rms_norm_eps=1e-12)
+    hc = HizooForCausalLM(config).eval()
     hc.load_state_dict(plain.state_dict(), strict=False)
     ids = _ids()
     with torch.no_grad():
@@ -99,7 +99,8 @@ def test_hc_mixing_matches_hand_computed_example():
 
 
 def test_dynamic_hc_formula():
-    """A_m = A_m⁰ + s_α tanh(H̄ W_m), A_r = A_r⁰ + s_α tanh(H̄ W_r), B = B⁰ + s_β tanh(H̄ W_β)ᵀ (Eqs. 10–13)."""
+    """A_m = A_m⁰ + s_α tanh(H̄ W_m), A_r = A_r⁰ + s_α tanh(H̄ W_r), B = B⁰ + s_β tanh(H̄ W_β)ᵀ
+    (Eqs. 10–13)."""
     conn = _conn(n_streams=3, hc_dynamic=True)
     torch.manual_seed(0)
     with torch.no_grad():
