@@ -109,7 +109,7 @@ def test_dynamic_hc_formula():
     H = torch.randn(2, 5, 3, 32)
     h, ctx = conn.read(H)
     Hbar = H * torch.rsqrt(H.pow(2).mean(-1, keepdim=True) + conn.eps)
-    W = conn.dynamic_proj.detach()
+    W = conn.dynamic_proj.detach().T  # [d, n + 2] = [W_m | W_r | W_β]
     A_m = conn.static_read.detach() + 0.3 * torch.tanh(Hbar @ W[:, :1]).squeeze(-1)
     A_r = conn.static_mix.detach() + 0.3 * torch.tanh(Hbar @ W[:, 1:4])
     B = conn.static_write.detach() + 0.7 * torch.tanh(Hbar @ W[:, 4:5]).squeeze(-1)
@@ -227,7 +227,7 @@ def test_mhc_coefficients_follow_eq7_with_rmsnorm_over_all_streams():
     _, ctx = conn.read(H)
     x = H.flatten(-2)
     x = x / x.pow(2).mean(-1, keepdim=True).add(conn.eps).sqrt()  # RMSNorm over nC = 16 values
-    z = x @ conn.proj.detach()
+    z = x @ conn.proj.detach().T  # x⃗' [φ_pre | φ_post | φ_res]
     torch.testing.assert_close(ctx["read"], torch.sigmoid(0.2 * z[..., :2] + torch.tensor([1.0, -1.0])))
     torch.testing.assert_close(ctx["write"], 2 * torch.sigmoid(0.3 * z[..., 2:4] + torch.tensor([1.0, -1.0])))
     torch.testing.assert_close(ctx["mix_logits"], 0.4 * z[..., 4:].unflatten(-1, (2, 2)) + conn.res_bias.detach())
