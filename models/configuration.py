@@ -89,6 +89,9 @@ class HizooConfig(PreTrainedConfig):
     himoe_reg_form: str = "square"
     himoe_group_mass: str = "dense"
     himoe_intra_warmup_steps: int = 0
+    # Guard: λ1 > λ2 makes the square regularizer prefer one expert per token (routing/himoe.py); above this
+    # ratio λ1/λ2 the config is rejected (the reference uses 2). Set float("inf") to study the regime.
+    himoe_max_lambda_ratio: float = 10.0
 
     # --- residual streams (hyper-connections; models/hyper_connections.py) ---
     residual: str = "none"  # none | hc (Zhu et al. 2024) | mhc (DeepSeek 2025) | mhc_lite (permutation mixture)
@@ -154,7 +157,7 @@ class HizooConfig(PreTrainedConfig):
         for name in ("router_aux_loss_coef", "router_z_loss_coef", "router_bias_update_rate", "seq_aux_loss_coef",
                      "himoe_tau", "himoe_lambda_intra", "himoe_lambda_inter"):
             _check_nonnegative(self, name)
-        for name in ("routed_scaling_factor", "himoe_temperature"):
+        for name in ("routed_scaling_factor", "himoe_temperature", "himoe_max_lambda_ratio"):
             _check_positive(self, name)
         if self.router_init_std is not None:
             _check_positive(self, "router_init_std")
@@ -163,6 +166,8 @@ class HizooConfig(PreTrainedConfig):
         _check_choice(self, "himoe_reg_source", HIMOE_REG_SOURCES)
         _check_choice(self, "himoe_reg_form", HIMOE_REG_FORMS)
         _check_choice(self, "himoe_group_mass", HIMOE_GROUP_MASS)
+        if not isinstance(self.router_global_balance, bool):
+            raise ValueError(f"router_global_balance={self.router_global_balance!r} must be True or False")
         if self.capacity_factor is not None and self.capacity_factor <= 0:
             raise ValueError(f"capacity_factor={self.capacity_factor} must be None (dropless) or > 0")
         if self.ffn == "dense":
@@ -182,6 +187,18 @@ class HizooConfig(PreTrainedConfig):
             raise ValueError(f"n_groups={G} must divide num_experts={E} (experts form contiguous equal groups)")
         if self.topk_groups > G:
             raise ValueError(f"topk_groups={self.topk_groups} must be <= n_groups={G}")
+        if self.router == "group_limited":
+            if E // G < 2:
+                raise ValueError(
+                    f"router='group_limited' scores groups by their top-2 experts: num_experts={E} / n_groups={G} "
+                    f"must be >= 2"
+                )
+            if K > self.topk_groups * (E // G):
+                raise ValueError(
+                    f"num_experts_per_tok={K} must be <= topk_groups={self.topk_groups} x experts per group "
+                    f"{E // G} (router='group_limited' picks the top-K inside the kept groups)"
+                )
+            return
         if K % self.topk_groups != 0:
             raise ValueError(
                 f"num_experts_per_tok={K} must be divisible by topk_groups={self.topk_groups} "
@@ -193,10 +210,13 @@ class HizooConfig(PreTrainedConfig):
                 f"num_experts_per_tok={K} over topk_groups={self.topk_groups} gives k_g={k_g} experts per group, "
                 f"more than the {E // G} experts in each of n_groups={G} groups"
             )
-        if self.router == "group_limited" and E // G < 2:
+        lam1, lam2 = self.himoe_lambda_intra, self.himoe_lambda_inter
+        if lam1 > self.himoe_max_lambda_ratio * lam2:
             raise ValueError(
-                f"router='group_limited' scores groups by their top-2 experts: num_experts={E} / n_groups={G} "
-                f"must be >= 2"
+                f"himoe_lambda_intra={lam1} is more than himoe_max_lambda_ratio={self.himoe_max_lambda_ratio} x "
+                f"himoe_lambda_inter={lam2}: the intra term then pushes each token's mass onto one expert of one "
+                f"group (groups collapse); keep the ratio <= {self.himoe_max_lambda_ratio} or raise "
+                f"himoe_max_lambda_ratio deliberately"
             )
 
     def _validate_residual(self) -> None:

@@ -30,7 +30,7 @@ class MoEFeedForward(nn.Module):
     def forward(self, h: Tensor) -> tuple[Tensor, RoutingResult]:
         B, S, d = h.shape
         x = h.reshape(B * S, d)  # [T, d]
-        routing = self.router(x)
+        routing = self.router(x, seq_len=S)  # seq_len: sequence-wise balance loss
         out = self.experts(x, routing.expert_idx, routing.expert_weight)  # [T, d]
         if self.shared_experts is not None:
             out = out + self.shared_experts(x)
@@ -38,8 +38,9 @@ class MoEFeedForward(nn.Module):
 
 
 def update_router_states(model: nn.Module) -> None:
-    """Once per optimizer step: let every router apply state updates accumulated over the step's
-    micro-batches (e.g. DeepSeek-V3's loss-free bias). Routers opt in with an ``end_of_step()`` method."""
+    """Once per optimizer step (after ``optimizer.step()``): let every router apply state updates accumulated
+    over the step's micro-batches. Routers opt in with an ``end_of_step()`` method: DeepSeek-V3's loss-free
+    bias update, the global-batch load-balance counts of ``topk``, Hi-MoE's step counter (λ1 warm-up)."""
     for module in model.modules():
         if isinstance(module, MoEFeedForward) and hasattr(module.router, "end_of_step"):
             module.router.end_of_step()

@@ -6,19 +6,42 @@ import torch
 from torch import Tensor
 
 
+def expert_counts(expert_idx: Tensor, num_experts: int) -> Tensor:
+    """Routing slots sent to each expert.  [T, K] -> [E] fp32 (no gradient)."""
+    return torch.bincount(expert_idx.flatten(), minlength=num_experts).float()
+
+
 def expert_fraction(expert_idx: Tensor, num_experts: int) -> Tensor:
     """f_i: fraction of the T·K routing slots that chose expert i.  [T, K] -> [E] fp32 (no gradient)."""
-    counts = torch.bincount(expert_idx.flatten(), minlength=num_experts).float()
-    return counts / expert_idx.numel()
+    return expert_counts(expert_idx, num_experts) / expert_idx.numel()
 
 
-def switch_load_balance_loss(probs: Tensor, expert_idx: Tensor, num_experts: int) -> Tensor:
+def switch_load_balance_loss(probs: Tensor, expert_idx: Tensor, num_experts: int,
+                             fraction: Tensor | None = None) -> Tensor:
     """Switch Transformer load balancing (Fedus et al. 2021, Eq. 4): E · Σ_i f_i · P_i,
     f_i the fraction of routing slots sent to expert i, P_i the mean router probability of expert i.
-    Equals 1 for a perfectly uniform router."""
-    f = expert_fraction(expert_idx, num_experts)  # [E]
+    Equals 1 for a perfectly uniform router. ``fraction`` overrides f (e.g. global-batch f)."""
+    f = expert_fraction(expert_idx, num_experts) if fraction is None else fraction  # [E]
     P = probs.float().mean(dim=0)  # [E]
     return num_experts * (f * P).sum()
+
+
+def sequence_balance_loss(scores: Tensor, expert_idx: Tensor, num_experts: int, seq_len: int) -> Tensor:
+    """DeepSeek-V3 sequence-wise balance loss (arXiv 2412.19437, Eqs. 17-20), unscaled (× α by the router):
+    per sequence of T' = seq_len tokens, f_i = E/(K·T') Σ_t 1[i chosen for t], P_i = 1/T' Σ_t s'_ti with
+    s' = s / Σ_j s_j the normalized affinities; loss = Σ_i f_i P_i, averaged over the sequences.
+
+    scores [T, E] (sigmoid affinities, with gradient), expert_idx [T, K], T = B·seq_len tokens in sequence order.
+    """
+    T, K = expert_idx.shape
+    if seq_len <= 0 or T % seq_len != 0:
+        raise ValueError(f"seq_len={seq_len} must divide the number of tokens T={T}")
+    B = T // seq_len
+    chosen = torch.zeros(T, num_experts, device=scores.device).scatter_(1, expert_idx, 1.0)  # [T, E]
+    f = chosen.view(B, seq_len, num_experts).mean(dim=1) * (num_experts / K)  # [B, E]
+    s_norm = scores.float() / scores.float().sum(dim=-1, keepdim=True)  # [T, E]
+    P = s_norm.view(B, seq_len, num_experts).mean(dim=1)  # [B, E]
+    return (f * P).sum(dim=-1).mean()
 
 
 def z_loss(logits: Tensor) -> Tensor:
