@@ -1,0 +1,109 @@
+"""MoEFeedForward with every router, shared experts, router state hooks, checkpointing, config errors."""
+
+import pytest
+import torch
+
+from hizoo import HizooConfig, HizooForCausalLM
+from hizoo.models.moe import MoEFeedForward, update_router_states
+from hizoo.routing import GroupLimitedRouter, HiMoERouter, TopKRouter
+
+TINY = dict(vocab_size=32, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+            ffn="moe", num_experts=8, num_experts_per_tok=2, moe_intermediate_size=8, experts_backend="grouped_mm")
+ROUTERS = {
+    "topk": (dict(router="topk"), TopKRouter),
+    "group_limited": (dict(router="group_limited", n_groups=4, topk_groups=2, seq_aux_loss_coef=1e-3),
+                      GroupLimitedRouter),
+    "himoe": (dict(router="himoe", n_groups=2), HiMoERouter),
+}
+
+
+def _init(module):
+    for p in module.parameters():
+        if p.dim() > 1:
+            torch.nn.init.normal_(p, std=0.2)
+
+
+@pytest.mark.parametrize("name", list(ROUTERS))
+def test_moe_feed_forward_with_each_router(name):
+    overrides, cls = ROUTERS[name]
+    torch.manual_seed(0)
+    moe = MoEFeedForward(HizooConfig(**{**TINY, **overrides}))
+    _init(moe)
+    assert isinstance(moe.router, cls)
+    h = torch.randn(2, 5, 16)
+    out, routing = moe(h)
+    assert out.shape == (2, 5, 16) and routing.expert_idx.shape == (10, 2)
+    expected = moe.experts(h.view(10, 16), routing.expert_idx, routing.expert_weight).view(2, 5, 16)
+    torch.testing.assert_close(out, expected)
+    (out.sum() + routing.aux_loss).backward()
+    assert moe.router.weight.grad.abs().sum() > 0
+
+
+def test_shared_experts_are_added_to_routed_output():
+    torch.manual_seed(0)
+    moe = MoEFeedForward(HizooConfig(**TINY, num_shared_experts=2))
+    _init(moe)
+    h = torch.randn(1, 4, 16)
+    out, routing = moe(h)
+    x = h.view(4, 16)
+    routed = moe.experts(x, routing.expert_idx, routing.expert_weight)
+    torch.testing.assert_close(out.view(4, 16), routed + moe.shared_experts(x))
+    assert moe.shared_experts.gate_proj.out_features == 16
+
+
+def test_capacity_factor_reports_dropped_pairs_in_model_output():
+    torch.manual_seed(0)
+    model = HizooForCausalLM(HizooConfig(**TINY, capacity_factor=0.5))
+    routing = model(torch.randint(0, 32, (2, 8))).routing
+    for r in routing:
+        assert r.dropped is not None and r.dropped.any()  # capacity 0.5 must drop half the pairs or more
+        assert (r.expert_weight[r.dropped] == 0).all()
+
+
+def test_update_router_states_calls_each_router():
+    torch.manual_seed(0)
+    model = HizooForCausalLM(HizooConfig(**TINY, router="group_limited", n_groups=4, topk_groups=2,
+                                         router_bias_update_rate=0.5)).train()
+    model(torch.randint(0, 32, (2, 8)))
+    update_router_states(model)
+    for layer in model.model.layers:
+        assert layer.ffn.router.expert_bias.abs().sum() > 0 and layer.ffn.router.step_load.sum() == 0
+
+
+@pytest.mark.parametrize("router", ["himoe", "group_limited"])
+def test_gradient_checkpointing_updates_router_state_once(router):
+    overrides = ROUTERS[router][0]
+    torch.manual_seed(0)
+    plain = HizooForCausalLM(HizooConfig(**{**TINY, **overrides})).train()
+    ckpt = HizooForCausalLM(HizooConfig(**{**TINY, **overrides})).train()
+    ckpt.load_state_dict(plain.state_dict())
+    ckpt.gradient_checkpointing_enable()
+    ids = torch.randint(0, 32, (2, 8))
+    plain(ids, labels=ids).loss.backward()
+    ckpt(ids, labels=ids).loss.backward()
+    for a, b in zip(plain.model.layers, ckpt.model.layers):
+        for name, buf in a.ffn.router.named_buffers():
+            torch.testing.assert_close(dict(b.ffn.router.named_buffers())[name], buf, msg=name)
+        torch.testing.assert_close(b.ffn.router.weight.grad, a.ffn.router.weight.grad)
+
+
+def test_init_weights_resets_router_state():
+    model = HizooForCausalLM(HizooConfig(**TINY, router="himoe", n_groups=2))
+    router = model.model.layers[0].ffn.router
+    assert torch.all(router.expert_scale == 1) and torch.all(router.logit_ema == 0) and router.step.item() == 0
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (dict(num_experts_per_tok=9), "num_experts_per_tok=9"),
+    (dict(router="himoe", n_groups=3), "n_groups=3"),
+    (dict(router="himoe", n_groups=4, num_experts_per_tok=8, topk_groups=2), "k_g=4"),
+    (dict(router="group_limited", n_groups=4, topk_groups=1, num_experts_per_tok=3), "num_experts_per_tok=3"),
+    (dict(router_aux_loss_coef=-0.1), "router_aux_loss_coef"),
+    (dict(router="himoe", n_groups=2, himoe_lambda_inter=-1.0), "himoe_lambda_inter"),
+    (dict(router_bias_update_rate=-1e-3), "router_bias_update_rate"),
+    (dict(capacity_factor=0.0), "capacity_factor"),
+    (dict(router_global_balance="yes"), "router_global_balance"),
+])
+def test_bad_moe_config_names_the_field(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        HizooConfig(**{**TINY, **overrides})
