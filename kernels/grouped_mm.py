@@ -63,13 +63,15 @@ class _WeightedSwiGLU(torch.autograd.Function):
         gate_up, w = ctx.saved_tensors
         f = gate_up.shape[1] // 2
         gate, up = gate_up[:, :f], gate_up[:, f:]
-        sig = torch.sigmoid(gate)
-        silu = gate * sig
-        grad_up_w = grad * up  # [N, f]
-        grad_w = (grad_up_w * silu).sum(dim=1, keepdim=True) if ctx.needs_input_grad[1] else None  # [N, 1]
-        grad_gate = grad_up_w * w * (sig * (1 + gate * (1 - sig)))  # d silu/dg = σ(g)(1 + g(1 − σ(g)))
-        grad_up = grad * silu * w
-        return torch.cat([grad_gate, grad_up], dim=1), grad_w
+        silu = F.silu(gate)  # [N, f]
+        grad_gate_up = torch.empty_like(gate_up)  # [N, 2f], both halves written in place (no cat)
+        grad_up_unweighted = grad * up  # dL/d(w·silu)
+        grad_w = None
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.linalg.vecdot(grad_up_unweighted, silu, dim=1).unsqueeze(1).to(w.dtype)  # [N, 1]
+        grad_gate_up[:, :f] = torch.ops.aten.silu_backward(grad_up_unweighted.mul_(w), gate)
+        torch.mul(grad * w, silu, out=grad_gate_up[:, f:])
+        return grad_gate_up, grad_w
 
 
 def _pad_to(n: int, multiple: int) -> int:
