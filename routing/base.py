@@ -31,8 +31,10 @@ def in_backward_recompute() -> bool:
     """True while the autograd engine runs this code, i.e. a gradient-checkpointed block recomputing its
     forward during backward (reentrant and non-reentrant checkpointing both recompute inside backward).
     Routers skip their state updates (EMA, load accumulation) then, so that each update happens once per
-    forward and the recomputed forward sees exactly the state the original one used."""
-    return torch._C._current_graph_task_id() != -1
+    forward and the recomputed forward sees exactly the state the original one used.
+    (``_current_graph_task_id`` is -1 outside the autograd engine; torch has no public flag for this.)"""
+    current = getattr(torch._C, "_current_graph_task_id", None)
+    return current is not None and current() != -1
 
 
 def apply_capacity(expert_idx: Tensor, expert_weight: Tensor, num_experts: int,
