@@ -77,7 +77,7 @@ def test_gradient_checkpointing_updates_router_state_once(router):
     plain = HizooForCausalLM(HizooConfig(**{**TINY, **overrides})).train()
     ckpt = HizooForCausalLM(HizooConfig(**{**TINY, **overrides})).train()
     ckpt.load_state_dict(plain.state_dict())
-    ckpt.gradient_checkpointing_enable()
+    ckpt.activation_checkpointing_enable()
     ids = torch.randint(0, 32, (2, 8))
     plain(ids, labels=ids).loss.backward()
     ckpt(ids, labels=ids).loss.backward()
