@@ -1,0 +1,95 @@
+"""python -m hizoo.analysis CHECKPOINT_OR_HF_DIR [--data FILE] [--out DIR] [--seq-len S] [--num-seqs B]
+
+Runs the model on held-out data and writes every figure as PNG, ``report.json`` with all metrics and
+``summary.txt``. Data: ``--data`` (a text file, tokenized with the tokenizer saved next to the model), else
+a few sequences of the Python standard library's source tokenized with that tokenizer, else random token ids
+(the summary says which).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from .loading import load_model
+from .plots import figures
+from .report import collect, summarize
+
+
+def _tokenizer(path: Path):
+    directory = path if path.is_dir() else path.parent
+    if not (directory / "tokenizer.json").exists() and not (directory / "tokenizer_config.json").exists():
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(directory)
+
+
+def held_out_ids(tokenizer, text: str | None, vocab_size: int, num_seqs: int, seq_len: int,
+                 seed: int = 0) -> tuple[torch.Tensor, str]:
+    """-> (input_ids [B, S], description of where they came from)."""
+    if tokenizer is not None:
+        source = "the --data file"
+        if text is None:
+            text = Path(argparse.__file__).read_text()  # a standard-library source file is always there
+            source = "the source of the standard library's argparse.py"
+        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
+        n = min(num_seqs, len(ids) // seq_len)
+        if n >= 1:
+            return ids[: n * seq_len].view(n, seq_len), f"{n} sequences of {seq_len} tokens from {source}"
+        raise ValueError(f"{source} gives only {len(ids)} tokens, fewer than --seq-len {seq_len}")
+    if text is not None:
+        raise ValueError("--data needs a tokenizer saved next to the model (tokenizer.json); none was found")
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, vocab_size, (num_seqs, seq_len), generator=g),
+            f"{num_seqs} sequences of {seq_len} RANDOM token ids (no tokenizer next to the model): losses and "
+            "routing are not representative of real data")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hizoo.analysis", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="Lightning .ckpt file or exported HF directory")
+    parser.add_argument("--data", help="text file of held-out data (tokenized with the model's tokenizer)")
+    parser.add_argument("--out", default="analysis_out", help="output directory (default: analysis_out)")
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--num-seqs", type=int, default=8)
+    parser.add_argument("--no-ablation", action="store_true", help="skip the stream-ablation losses")
+    args = parser.parse_args(argv)
+
+    path = Path(args.model)
+    model = load_model(path)
+    model.eval()
+    seq_len = min(args.seq_len, getattr(model.config, "max_position_embeddings", args.seq_len))
+    text = Path(args.data).read_text() if args.data else None
+    input_ids, source = held_out_ids(_tokenizer(path), text, model.config.vocab_size, args.num_seqs, seq_len)
+
+    report = collect(model, input_ids, ablation=not args.no_ablation)
+    report["data"] = source
+    report["model_path"] = str(path)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    import matplotlib.pyplot as plt
+
+    for name, fig in figures(report).items():
+        file = out / (name.replace("/", "_") + ".png")
+        fig.savefig(file, dpi=110)
+        plt.close(fig)
+        written.append(file.name)
+    report["figures"] = written
+    (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    lines = [f"data: {source}"] + summarize(report)
+    (out / "summary.txt").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {len(written)} figures, report.json and summary.txt to {out}{os.sep}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

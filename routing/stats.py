@@ -1,0 +1,143 @@
+"""Expert-balance statistics from routing decisions: pure functions of ``expert_idx`` [T, K].
+
+Definitions (loads are fractions of the T·K routed (token, expert) pairs, so they sum to 1):
+- load_i        = #pairs routed to expert i / (T·K)                       [E]
+                  (router selections, including pairs later dropped by a capacity limit)
+- CV            = std(load) / mean(load)  (population std)                 0 when balanced
+- MaxVio        = (max(load) − mean(load)) / mean(load)                    0 when balanced
+- entropy       = −Σ_i load_i log load_i, and its normalized form / log E  (1 when balanced)
+- group loads   = Σ_{i∈g} load_i over G contiguous groups of E/G           [G]
+- group CV      = CV of the group loads; max group share = max_g group load
+- within-group collapse of group g = max_{i∈g} load_i / Σ_{i∈g} load_i   (1/(E/G) when even, 1 when one
+  expert takes all of the group's traffic); reported per group and as the mean over used groups
+- drop rate     = fraction of the T·K pairs dropped by the capacity limit (0 when dropless)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def expert_counts(expert_idx: Tensor, num_experts: int) -> Tensor:
+    """expert_idx [T, K] int -> number of (token, expert) pairs per expert [E] float64."""
+    if expert_idx.numel() and (int(expert_idx.min()) < 0 or int(expert_idx.max()) >= num_experts):
+        raise ValueError(f"expert_idx has values outside [0, {num_experts}): "
+                         f"min {int(expert_idx.min())}, max {int(expert_idx.max())}")
+    return torch.bincount(expert_idx.flatten().long(), minlength=num_experts).double()
+
+
+def expert_load(expert_idx: Tensor, num_experts: int) -> Tensor:
+    """expert_idx [T, K] -> load [E]: fraction of the T·K pairs routed to each expert (sums to 1)."""
+    counts = expert_counts(expert_idx, num_experts)
+    total = counts.sum()
+    if total == 0:
+        raise ValueError("expert_idx is empty: no tokens were routed")
+    return counts / total
+
+
+def coefficient_of_variation(load: Tensor) -> float:
+    """load [N] -> std/mean with the population std (0 for a perfectly even load)."""
+    load = load.double()
+    return float(load.std(correction=0) / load.mean())
+
+
+def max_violation(load: Tensor) -> float:
+    """load [E] -> MaxVio = (max − mean)/mean (0 for a perfectly even load; E − 1 when one expert takes all)."""
+    load = load.double()
+    return float((load.max() - load.mean()) / load.mean())
+
+
+def load_entropy(load: Tensor, normalized: bool = False) -> float:
+    """load [E] (sums to 1) -> Shannon entropy −Σ p log p in nats (0·log 0 = 0); divided by log E if
+    ``normalized`` (then 1 for an even load, 0 when one expert takes all)."""
+    p = load.double() / load.double().sum()
+    h = float(-(p * torch.where(p > 0, p.log(), torch.zeros_like(p))).sum())
+    if normalized:
+        return h / math.log(p.numel()) if p.numel() > 1 else 1.0
+    return h
+
+
+def group_loads(load: Tensor, n_groups: int) -> Tensor:
+    """load [E] -> loads of the G contiguous groups [G]."""
+    E = load.numel()
+    if n_groups < 1 or E % n_groups:
+        raise ValueError(f"n_groups={n_groups} must divide num_experts={E}")
+    return load.view(n_groups, E // n_groups).sum(dim=-1)
+
+
+def within_group_collapse(load: Tensor, n_groups: int) -> Tensor:
+    """load [E] -> per group the share of the group's traffic taken by its busiest expert [G]
+    (NaN for a group that received no traffic)."""
+    grouped = load.double().view(n_groups, -1)  # [G, E/G]
+    total = grouped.sum(dim=-1)
+    return torch.where(total > 0, grouped.max(dim=-1).values / total.clamp_min(1e-300),
+                       torch.full_like(total, float("nan")))
+
+
+def drop_rate(dropped: Tensor | None) -> float:
+    """dropped [T, K] bool (None when dropless) -> fraction of pairs dropped by the capacity limit."""
+    if dropped is None or dropped.numel() == 0:
+        return 0.0
+    return float(dropped.float().mean())
+
+
+def routing_stats(expert_idx: Tensor, num_experts: int, n_groups: int = 1,
+                  dropped: Tensor | None = None) -> dict:
+    """All statistics of one layer's routing. expert_idx [T, K], dropped [T, K] bool or None.
+
+    Returns a dict of floats plus lists ``load`` [E], ``group_load`` [G], ``group_collapse`` [G]."""
+    load = expert_load(expert_idx, num_experts)
+    out = {
+        "load": load.tolist(),
+        "cv": coefficient_of_variation(load),
+        "max_vio": max_violation(load),
+        "entropy": load_entropy(load),
+        "entropy_normalized": load_entropy(load, normalized=True),
+        "drop_rate": drop_rate(dropped),
+    }
+    if n_groups > 1:
+        gl = group_loads(load, n_groups)
+        collapse = within_group_collapse(load, n_groups)
+        used = collapse[~collapse.isnan()]
+        out.update({
+            "group_load": gl.tolist(),
+            "group_cv": coefficient_of_variation(gl),
+            "max_group_share": float(gl.max()),
+            "group_collapse": collapse.tolist(),
+            "within_group_collapse": float(used.mean()) if used.numel() else float("nan"),
+        })
+    return out
+
+
+class LoadAccumulator:
+    """Running expert counts over many batches, for the accumulated MaxVio/CV (the balance over a whole
+    evaluation or logging window rather than one batch, as in the loss-free balancing paper's MaxVio_global).
+
+    >>> acc = LoadAccumulator(num_experts=4); acc.update(expert_idx); acc.max_violation()
+    """
+
+    def __init__(self, num_experts: int):
+        self.num_experts = num_experts
+        self.counts = torch.zeros(num_experts, dtype=torch.float64)  # [E]
+
+    def update(self, expert_idx: Tensor) -> None:
+        """Add one batch's routing decisions expert_idx [T, K] (selections, as in ``routing_stats``)."""
+        self.counts += expert_counts(expert_idx.detach().cpu(), self.num_experts)
+
+    def reset(self) -> None:
+        self.counts.zero_()
+
+    def load(self) -> Tensor:
+        """Accumulated load [E] (sums to 1)."""
+        if self.counts.sum() == 0:
+            raise ValueError("LoadAccumulator has no routed pairs yet")
+        return self.counts / self.counts.sum()
+
+    def max_violation(self) -> float:
+        return max_violation(self.load())
+
+    def cv(self) -> float:
+        return coefficient_of_variation(self.load())
