@@ -1,9 +1,9 @@
-"""python -m hizoo.analysis CHECKPOINT_OR_HF_DIR [--data FILE] [--out DIR] [--seq-len S] [--num-seqs B]
+"""python -m hizoo.analysis CHECKPOINT_OR_HF_DIR [--data FILE ...] [--out DIR] [--seq-len S] [--num-seqs B]
 
 Runs the model on held-out data and writes every figure as PNG, ``report.json`` with all metrics and
-``summary.txt``. Data: ``--data`` (a text file, tokenized with the tokenizer saved next to the model), else
-a few sequences of the Python standard library's source tokenized with that tokenizer, else random token ids
-(the summary says which).
+``summary.txt``. Data: ``--data`` (text files tokenized with the tokenizer saved next to the model; with several
+files each is a domain and per-domain routing is reported), else a few sequences of a Python standard-library
+source file tokenized with that tokenizer, else random token ids (the summary says which).
 """
 
 from __future__ import annotations
@@ -30,23 +30,33 @@ def _tokenizer(path: Path):
     return AutoTokenizer.from_pretrained(directory)
 
 
-def held_out_ids(tokenizer, text: str | None, vocab_size: int, num_seqs: int, seq_len: int,
-                 seed: int = 0) -> tuple[torch.Tensor, str]:
-    """-> (input_ids [B, S], description of where they came from)."""
+def held_out_ids(tokenizer, texts: dict[str, str] | None, vocab_size: int, num_seqs: int, seq_len: int,
+                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None, list[str] | None, str]:
+    """-> (input_ids [B, S], domain_ids [B, S] or None, domain names or None, description of the data).
+
+    ``texts``: domain name -> text (each --data file is one domain); up to ``num_seqs`` sequences per domain."""
     if tokenizer is not None:
-        source = "the --data file"
-        if text is None:
-            text = Path(argparse.__file__).read_text()  # a standard-library source file is always there
-            source = "the source of the standard library's argparse.py"
-        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
-        n = min(num_seqs, len(ids) // seq_len)
-        if n >= 1:
-            return ids[: n * seq_len].view(n, seq_len), f"{n} sequences of {seq_len} tokens from {source}"
-        raise ValueError(f"{source} gives only {len(ids)} tokens, fewer than --seq-len {seq_len}")
-    if text is not None:
+        if not texts:
+            texts = {"argparse.py": Path(argparse.__file__).read_text()}  # a standard-library file is always there
+            source = "the standard library's argparse.py"
+        else:
+            source = ", ".join(texts)
+        rows, domains = [], []
+        for d, (name, text) in enumerate(texts.items()):
+            ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
+            n = min(num_seqs, len(ids) // seq_len)
+            if n < 1:
+                raise ValueError(f"{name} gives only {len(ids)} tokens, fewer than --seq-len {seq_len}")
+            rows.append(ids[: n * seq_len].view(n, seq_len))
+            domains.append(torch.full((n, seq_len), d))
+        input_ids = torch.cat(rows)
+        multi = len(texts) > 1
+        return (input_ids, torch.cat(domains) if multi else None, list(texts) if multi else None,
+                f"{len(input_ids)} sequences of {seq_len} tokens from {source}")
+    if texts:
         raise ValueError("--data needs a tokenizer saved next to the model (tokenizer.json); none was found")
     g = torch.Generator().manual_seed(seed)
-    return (torch.randint(0, vocab_size, (num_seqs, seq_len), generator=g),
+    return (torch.randint(0, vocab_size, (num_seqs, seq_len), generator=g), None, None,
             f"{num_seqs} sequences of {seq_len} RANDOM token ids (no tokenizer next to the model): losses and "
             "routing are not representative of real data")
 
@@ -55,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hizoo.analysis", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="Lightning .ckpt file or exported HF directory")
-    parser.add_argument("--data", help="text file of held-out data (tokenized with the model's tokenizer)")
+    parser.add_argument("--data", nargs="+", metavar="FILE",
+                        help="text files of held-out data, tokenized with the model's tokenizer; with several files "
+                             "each file is a domain for per-domain routing")
     parser.add_argument("--out", default="analysis_out", help="output directory (default: analysis_out)")
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--num-seqs", type=int, default=8)
@@ -66,10 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(path)
     model.eval()
     seq_len = min(args.seq_len, getattr(model.config, "max_position_embeddings", args.seq_len))
-    text = Path(args.data).read_text() if args.data else None
-    input_ids, source = held_out_ids(_tokenizer(path), text, model.config.vocab_size, args.num_seqs, seq_len)
+    texts = {Path(f).name: Path(f).read_text() for f in args.data} if args.data else None
+    input_ids, domain_ids, domain_names, source = held_out_ids(
+        _tokenizer(path), texts, model.config.vocab_size, args.num_seqs, seq_len)
 
-    report = collect(model, input_ids, ablation=not args.no_ablation)
+    report = collect(model, input_ids, domain_ids, domain_names, ablation=not args.no_ablation)
     report["data"] = source
     report["model_path"] = str(path)
     out = Path(args.out)
