@@ -42,7 +42,7 @@ class DiagnosticsCallback(pl.Callback):
         step = trainer.global_step  # optimizer steps done, counted after this batch's step
         do_scalars = step % self.scalars_every_n_steps == 0
         do_figures = step % self.figures_every_n_steps == 0
-        if not (do_scalars or do_figures) or not trainer.is_global_zero:
+        if not (do_scalars or do_figures):
             return
         # with gradient accumulation several batches end at the same global_step: collect once
         if getattr(self, "_last_step", None) == step:
@@ -63,6 +63,8 @@ class DiagnosticsCallback(pl.Callback):
                 report = collect(model, input_ids, domain_ids, names, ablation=do_figures)
         finally:
             model.train(was_training)
+        if not trainer.is_global_zero:  # every rank runs the forward (sharded strategies need it), rank 0 logs
+            return
         values = scalars(report)
         for i, s in report.get("experts", {}).get("layers", {}).items():
             acc = self.accumulators.setdefault(i, LoadAccumulator(len(s["load"])))

@@ -19,13 +19,12 @@ def load_model(path: str | Path):
         load_model_from_checkpoint = None
     if load_model_from_checkpoint is not None:
         return load_model_from_checkpoint(str(path)).float()
-    import hizoo  # noqa: F401  (registers the Auto* classes)
     from transformers import AutoModelForCausalLM
 
     from ..models.configuration import HizooConfig
     from ..models.modeling import HizooForCausalLM
 
-    if path.is_dir():
+    if path.is_dir():  # the Auto* classes know hizoo: importing this package registered them
         if not (path / "config.json").exists():
             raise ValueError(f"{path} is a directory without config.json: not an exported HF model")
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)

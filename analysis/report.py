@@ -116,7 +116,8 @@ def summarize(report: dict) -> list[str]:
             lines.append(f"capacity drops: {experts['mean_drop_rate']:.1%} of routed pairs")
         coll = [s["within_group_collapse"] for s in layers.values() if "within_group_collapse" in s]
         if coll:
-            lines.append(f"within-group collapse (busiest expert's share of its group): mean {sum(coll) / len(coll):.2f}")
+            mean = sum(coll) / len(coll)
+            lines.append(f"within-group collapse (busiest expert's share of its group): mean {mean:.2f}")
     domains = report.get("domains")
     if domains and domains["all_layers"]["domains"]:
         d = domains["all_layers"]
