@@ -31,7 +31,7 @@ def group_load_bars(experts: dict) -> Figure:
     layers = experts["moe_layers"]
     gl = np.array([experts["layers"][i]["group_load"] for i in layers])  # [L_moe, G]
     G = gl.shape[1]
-    fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(layers) * G / 2 + 2), 3))
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(layers) * G / 2 + 2), 3))
     width = 0.8 / G
     x = np.arange(len(layers))
     for g in range(G):
@@ -40,7 +40,8 @@ def group_load_bars(experts: dict) -> Figure:
     ax.set_xticks(x, [str(i) for i in layers])
     ax.set_xlabel("layer")
     ax.set_ylabel("group load")
-    ax.legend(fontsize="small", ncol=min(G, 4))
+    ax.set_ylim(0, max(1.25 * gl.max(), 1.5 / G))
+    ax.legend(fontsize="x-small", ncol=min(G, 4), loc="upper center")
     fig.tight_layout()
     return fig
 
@@ -48,15 +49,16 @@ def group_load_bars(experts: dict) -> Figure:
 def stream_norm_shares(streams: dict) -> Figure:
     """Per layer, each stream's share of the residual norm as stacked bars (1/n each when even)."""
     shares = np.array([layer["norm_share"] for layer in streams["layers"]])  # [L, n]
-    fig, ax = plt.subplots(figsize=(max(4, 0.35 * shares.shape[0] + 2), 3))
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * shares.shape[0] + 2), 3))
     bottom = np.zeros(shares.shape[0])
     for j in range(shares.shape[1]):
         ax.bar(np.arange(shares.shape[0]), shares[:, j], bottom=bottom, label=f"stream {j}")
         bottom += shares[:, j]
+    ax.set_xticks(range(shares.shape[0]))
     ax.set_xlabel("layer")
     ax.set_ylabel("norm share")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize="small", ncol=min(shares.shape[1], 4))
+    ax.set_ylim(0, 1.2)
+    ax.legend(fontsize="x-small", ncol=min(shares.shape[1], 4), loc="upper center")
     fig.tight_layout()
     return fig
 
@@ -70,15 +72,17 @@ def mix_heatmaps(streams: dict) -> Figure:
     vmax = max(np.abs(m).max() for _, _, m in cells)
     for ax in axes.flat:
         ax.axis("off")
+    im = None
     for i, b, m in cells:
         ax = axes[0 if b == "attn" else 1, i]
         ax.axis("on")
-        ax.imshow(m, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+        im = ax.imshow(m, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(f"L{i} {b}", fontsize=7)
     fig.suptitle("residual mixing M[in, out]", fontsize=9)
     fig.tight_layout()
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8)
     return fig
 
 

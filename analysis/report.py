@@ -105,7 +105,7 @@ def summarize(report: dict) -> list[str]:
         if "ablation" in streams:
             inc = streams["ablation"]["loss_increase"]
             j = max(range(len(inc)), key=lambda k: inc[k])
-            lines.append(f"zeroing stream {j} at the reduction raises the loss most: +{inc[j]:.3f} nats")
+            lines.append(f"zeroing stream {j} at the reduction raises the loss most: {inc[j]:+.3f} nats")
     experts = report.get("experts")
     if experts and experts["moe_layers"]:
         layers = experts["layers"]
