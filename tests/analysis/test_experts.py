@@ -92,3 +92,14 @@ def test_summary_names_the_dominant_stream_and_its_layers():
     assert "stream 2 carries 71% of the residual norm in layers 1–3" in lines
     assert "stream 1 carries 90% of the residual norm in layers 4" in lines
     assert not any("stream 0 carries" in line for line in lines)  # 0.3 is near the even 1/4
+
+
+def test_drop_rate_comes_from_the_capacity_limited_router():
+    model = HizooForCausalLM(HizooConfig(
+        vocab_size=48, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, ffn="moe",
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=8, experts_backend="eager",
+        capacity_factor=0.5)).eval()
+    report = collect(model, torch.randint(0, 48, (2, 8)))
+    # capacity ceil(0.5 · 16 · 2 / 4) = 4 pairs per expert: at most 16 of the 32 pairs are kept
+    assert report["experts"]["layers"][0]["drop_rate"] >= 0.5
+    assert any("capacity drops" in line for line in summarize(report))
