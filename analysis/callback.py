@@ -10,6 +10,9 @@ so the cost is one small forward per N steps. Measured on 2 CPU threads (Hi-MoE 
 d=256, batch 8×256): a training step 1.03 s, a scalars collection 0.16 s, a figures collection (with ablation and
 rendering) 0.75 s, i.e. 0.5% of training time at the defaults N=50, M=500 and 2.3% at N=10, M=100.
 
+``experts/layerI/max_vio_accumulated`` is MaxVio of the expert counts summed over all collected batches since
+the start of the run (the balance over time, which a single batch's MaxVio overstates).
+
 ``batch`` is a dict with ``input_ids`` [B, S] and optionally ``domain_ids`` [B, S]; domain names come from
 ``trainer.datamodule.domain_names`` when it has them. The LightningModule must hold the HizooForCausalLM as
 ``pl_module.model``.
