@@ -60,7 +60,7 @@ def weight_concentration(weights: Tensor) -> float:
 def identity_distance(mix: Tensor) -> float:
     """mix [n, n] -> ‖M − I‖_F."""
     n = mix.shape[-1]
-    return float((mix.double() - torch.eye(n, dtype=torch.float64)).norm())
+    return float((mix.double() - torch.eye(n, dtype=torch.float64, device=mix.device)).norm())
 
 
 def off_diagonal_mass(mix: Tensor) -> float:
