@@ -27,3 +27,42 @@ def permute_by_expert(expert_idx: Tensor, num_experts: int) -> ExpertPermutation
     counts = torch.bincount(flat, minlength=num_experts)  # [E]
     offsets = torch.cumsum(counts, dim=0).to(torch.int32)  # [E]
     return ExpertPermutation(sorted_pair, sorted_pair // K, counts, offsets)
+
+
+@dataclass
+class BlockSchedule:
+    """Which expert and which sorted rows each M-block of a grouped GEMM covers.
+
+    Sized by the upper bound ceil(T·K / BLOCK_M) + E tiles so the grid is known without a host sync; tiles
+    past the real count have ``tile_expert == -1`` and exit at once.
+    """
+
+    tile_expert: Tensor  # [n_tiles] int32  expert of each M-block, -1 for unused tiles
+    tile_start: Tensor  # [n_tiles] int32  first sorted row of the block
+    expert_end: Tensor  # [E] int32  exclusive end row of each expert (rows past it are masked)
+    expert_start: Tensor  # [E] int32  first sorted row of each expert
+    block_m: int
+
+
+def block_schedule(perm: ExpertPermutation, num_pairs: int, block_m: int) -> BlockSchedule:
+    """Tile -> (expert, first row) mapping on device: each expert's rows split into ceil(n_e / BLOCK_M) blocks."""
+    counts = perm.counts  # [E]
+    E = counts.numel()
+    ends = perm.offsets.to(torch.int64)  # [E]
+    starts = ends - counts  # [E]
+    tiles = (counts + block_m - 1) // block_m  # [E]
+    tile_end = torch.cumsum(tiles, dim=0)  # [E] exclusive end tile of each expert
+    n_tiles = (num_pairs + block_m - 1) // block_m + E  # Σ ceil(n_e/B) <= ceil(ΣN/B) + E
+    tile_id = torch.arange(n_tiles, device=counts.device)  # [n_tiles]
+    expert = torch.searchsorted(tile_end, tile_id, right=True)  # [n_tiles] in [0, E]; E = unused tile
+    valid = expert < E
+    e = expert.clamp(max=E - 1)
+    first_tile = tile_end[e] - tiles[e]  # [n_tiles]
+    start = starts[e] + (tile_id - first_tile) * block_m  # [n_tiles]
+    return BlockSchedule(
+        tile_expert=torch.where(valid, e, -1).to(torch.int32),
+        tile_start=torch.where(valid, start, 0).to(torch.int32),
+        expert_end=ends.to(torch.int32),
+        expert_start=starts.to(torch.int32),
+        block_m=block_m,
+    )
