@@ -53,7 +53,7 @@ def _gather_gemm_kernel(
     N, KD,
     stride_am, stride_ak, stride_be, stride_bk, stride_bn, stride_cm, stride_cn,
     HAS_A_IDX: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_C_IDX: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
 ):
     tile = tl.program_id(0)
     e = tl.load(tile_expert_ptr + tile)
@@ -77,7 +77,7 @@ def _gather_gemm_kernel(
         k_mask = (k0 + ks) < KD
         a = tl.load(a_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0.0)
         b = tl.load(b_ptrs, mask=k_mask[:, None] & col_mask[None, :], other=0.0)
-        acc += tl.dot(a, b)
+        acc += tl.dot(a, b, input_precision=PRECISION)
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
     if HAS_SCALE:
@@ -99,7 +99,7 @@ def _expert_outer_kernel(
     D, N,
     stride_am, stride_ad, stride_bm, stride_bn, stride_ce, stride_cd, stride_cn,
     HAS_A_IDX: tl.constexpr, HAS_B_IDX: tl.constexpr, HAS_SCALE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
 ):
     e = tl.program_id(0)
     ds = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)  # [BD] rows of dW[e]
@@ -127,9 +127,14 @@ def _expert_outer_kernel(
         if HAS_SCALE:
             s = tl.load(scale_ptr + rows, mask=m, other=0.0)
             b = (b.to(tl.float32) * s.to(tl.float32)[:, None]).to(b.dtype)
-        acc += tl.dot(at, b)
+        acc += tl.dot(at, b, input_precision=PRECISION)
     c_ptrs = c_ptr + e.to(tl.int64) * stride_ce + ds[:, None] * stride_cd + ns[None, :] * stride_cn
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=d_mask[:, None] & n_mask[None, :])
+
+
+def _precision(a: Tensor) -> str:
+    """fp32 inputs get full-precision dots (not TF32) so the fp32 path matches eager; 16-bit inputs use the default."""
+    return "ieee" if a.dtype == torch.float32 else None  # None: Triton's default for 16-bit dots
 
 
 def gather_gemm(
@@ -165,7 +170,7 @@ def gather_gemm(
         N, KD,
         a.stride(0), a.stride(1), stride_be, stride_bk, stride_bn, out.stride(0), out.stride(1),
         HAS_A_IDX=a_idx is not None, HAS_SCALE=scale is not None, HAS_C_IDX=c_idx is not None,
-        BLOCK_M=sched.block_m,
+        BLOCK_M=sched.block_m, PRECISION=_precision(a),
     )
     return out
 
@@ -193,6 +198,6 @@ def expert_outer(
         D, N,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1), out.stride(2),
         HAS_A_IDX=a_idx is not None, HAS_B_IDX=b_idx is not None, HAS_SCALE=scale is not None,
-        BLOCK_M=sched.block_m,
+        BLOCK_M=sched.block_m, PRECISION=_precision(a),
     )
     return out
