@@ -1,22 +1,45 @@
-"""hizoo's main job. Until the Lightning trainer lands this runs a smoke test: it builds a small random
-hizoo model, runs a forward pass with loss and greedy generation with the KV cache, and says so."""
+"""hizoo's main job: pretraining with Lightning.
 
-import torch
+    python train.py                                   # configs/quickstart.yaml
+    python train.py fit --config configs/X.yaml       # any config; every LightningCLI override works
+    python train.py fit --config configs/X.yaml --ckpt_path last    # resume from the last checkpoint
 
-from hizoo import HizooConfig, HizooForCausalLM
+At the end of ``fit`` the model is exported as a Hugging Face directory (config, safetensors, tokenizer)
+next to the TensorBoard logs, loadable with ``AutoModelForCausalLM`` after ``import hizoo``.
+"""
+
+import sys
+from pathlib import Path
+
+from lightning.pytorch.cli import LightningCLI
+
+from hizoo.data import HizooDataModule
+from hizoo.models.lightning import HizooLightningModule
+
+QUICKSTART = Path(__file__).resolve().parent / "configs" / "quickstart.yaml"
 
 
-def main() -> None:
-    torch.manual_seed(0)
-    config = HizooConfig(vocab_size=256, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=256, ffn="moe", num_experts=8, num_experts_per_tok=2,
-                         moe_intermediate_size=64)
-    model = HizooForCausalLM(config)
-    ids = torch.randint(0, config.vocab_size, (2, 16))
-    out = model(ids, labels=ids)
-    generated = model.generate(ids[:, :4], max_new_tokens=8, do_sample=False)
-    print(f"smoke run on a random model (training arrives with the training issue): "
-          f"loss {out.loss.item():.3f}, aux {out.aux_loss.item():.4f}, generated {tuple(generated.shape)}")
+def export(cli: LightningCLI) -> Path:
+    log_dir = Path(cli.trainer.log_dir or cli.trainer.default_root_dir)
+    out = log_dir / "hf_model"
+    cli.model.model.save_pretrained(out)
+    cli.datamodule.tokenizer.save_pretrained(out)
+    return out
+
+
+def main(args: list[str] | None = None) -> None:
+    args = sys.argv[1:] if args is None else args
+    if not args:
+        args = ["fit", "--config", str(QUICKSTART)]
+    cli = LightningCLI(HizooLightningModule, HizooDataModule, args=args, save_config_kwargs={"overwrite": True})
+    if cli.subcommand != "fit" or cli.trainer.interrupted:
+        return
+    out = export(cli)
+    ppl = cli.trainer.callback_metrics.get("val/ppl")
+    print(f"\nTensorBoard logs: {cli.trainer.log_dir}   (tensorboard --logdir {Path(cli.trainer.log_dir).parent})")
+    print(f"exported Hugging Face model: {out}")
+    if ppl is not None:
+        print(f"validation perplexity: {float(ppl):.2f}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,7 @@
+"""Corpora, tokenizer and the LightningDataModule."""
+
+from .corpus import Document, file_documents, stdlib_documents
+from .datamodule import HizooDataModule
+from .tokenizer import train_or_load_tokenizer
+
+__all__ = ["Document", "HizooDataModule", "file_documents", "stdlib_documents", "train_or_load_tokenizer"]

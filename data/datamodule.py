@@ -1,0 +1,90 @@
+"""LightningDataModule: documents -> BPE tokens -> fixed-length packed sequences with per-token domains."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .corpus import Document, file_documents, stdlib_documents
+from .tokenizer import train_or_load_tokenizer
+
+
+class PackedSequences(Dataset):
+    """Rows of a [N, seq_len] token matrix with the matching [N, seq_len] domain ids."""
+
+    def __init__(self, input_ids: torch.Tensor, domain_ids: torch.Tensor):
+        self.input_ids, self.domain_ids = input_ids, domain_ids
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input_ids": self.input_ids[i], "domain_ids": self.domain_ids[i]}
+
+
+class HizooDataModule(L.LightningDataModule):
+    """Corpus ``source``: ``"stdlib"`` (the embedded default) or a list of local files (see ``data.corpus``).
+
+    Every ``val_every``-th document (in corpus order) is held out for validation; the tokenizer is trained on
+    the training documents only. Documents are joined with the end-of-text token and cut into sequences of
+    ``seq_len`` tokens. The training order is a permutation drawn from ``seed`` and the epoch.
+    """
+
+    def __init__(self, source: str | list[str] = "stdlib", max_files: int | None = None, vocab_size: int = 4096,
+                 seq_len: int = 256, batch_size: int = 8, val_every: int = 20, seed: int = 0,
+                 cache_dir: str = "runs/cache", num_workers: int = 0):
+        super().__init__()
+        if seq_len < 2:
+            raise ValueError(f"seq_len={seq_len} must be >= 2")
+        if val_every < 2:
+            raise ValueError(f"val_every={val_every} must be >= 2 (every val_every-th document is held out)")
+        self.source, self.max_files, self.vocab_size = source, max_files, vocab_size
+        self.seq_len, self.batch_size, self.val_every, self.seed = seq_len, batch_size, val_every, seed
+        self.cache_dir, self.num_workers = Path(cache_dir), num_workers
+        self.tokenizer = None
+        self.domain_names: list[str] = []
+
+    def _documents(self) -> list[Document]:
+        if self.source == "stdlib":
+            return stdlib_documents(self.max_files)
+        return file_documents([self.source] if isinstance(self.source, str) else list(self.source))
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizer is not None:
+            return
+        docs = self._documents()
+        self.domain_names = sorted({d.domain for d in docs})
+        val_docs = docs[self.val_every - 1:: self.val_every]
+        train_docs = [d for i, d in enumerate(docs) if (i + 1) % self.val_every]
+        if not val_docs or not train_docs:
+            raise ValueError(f"the corpus has {len(docs)} documents; with val_every={self.val_every} one split is empty")
+        self.tokenizer = train_or_load_tokenizer([d.text for d in train_docs], self.vocab_size, self.cache_dir)
+        self.train_set = self._pack(train_docs, "train")
+        self.val_set = self._pack(val_docs, "validation")
+
+    def _pack(self, docs: list[Document], split: str) -> PackedSequences:
+        domain_index = {name: i for i, name in enumerate(self.domain_names)}
+        eos = self.tokenizer.eos_token_id
+        ids, domains = [], []
+        for doc in docs:
+            tokens = self.tokenizer(doc.text, add_special_tokens=False)["input_ids"] + [eos]
+            ids.extend(tokens)
+            domains.extend([domain_index[doc.domain]] * len(tokens))
+        n = len(ids) // self.seq_len
+        if n == 0:
+            raise ValueError(f"the {split} split has {len(ids)} tokens, fewer than seq_len={self.seq_len}")
+        ids = torch.tensor(ids[: n * self.seq_len]).view(n, self.seq_len)
+        domains = torch.tensor(domains[: n * self.seq_len]).view(n, self.seq_len)
+        return PackedSequences(ids, domains)
+
+    def train_dataloader(self) -> DataLoader:
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        order = torch.Generator().manual_seed(self.seed * 100_003 + epoch)  # same order for the same (seed, epoch)
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=order, drop_last=True,
+                          num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers)

@@ -1,0 +1,115 @@
+"""HizooLightningModule: HizooForCausalLM trained with CE + the routers' aux losses, AdamW, warm-up + cosine."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from .configuration import HizooConfig
+from .modeling import HizooForCausalLM
+from .moe import update_router_states
+
+
+class HizooLightningModule(L.LightningModule):
+    """``model_config``: HizooConfig fields (``vocab_size`` is taken from the data module's tokenizer when one is
+    attached). AdamW decays only weight matrices (≥2-D) outside the residual-stream connections; norms, biases,
+    router scales and HC/mHC coefficients are not decayed."""
+
+    def __init__(self, model_config: dict[str, int | float | bool | str | None] | None = None, lr: float = 1e-3, weight_decay: float = 0.1,
+                 betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 20, min_lr_ratio: float = 0.1):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model_config = dict(model_config or {})
+        self.model: HizooForCausalLM | None = None
+        self._step_start = None
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        fields = dict(self.model_config)
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None and getattr(datamodule, "tokenizer", None) is not None:
+            fields["vocab_size"] = len(datamodule.tokenizer)
+        self.model = HizooForCausalLM(HizooConfig(**fields))
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        ids = batch["input_ids"]
+        out = self.model(ids, labels=ids)
+        if not torch.isfinite(out.loss):
+            raise FloatingPointError(
+                f"non-finite training loss {out.loss.item()} at step {self.global_step}; the last checkpoint is kept")
+        ce = out.loss - (out.aux_loss if out.aux_loss is not None else 0.0)
+        self.log("train/loss", out.loss, prog_bar=True)
+        self.log("train/ce", ce)
+        for name, value in (out.aux_losses or {}).items():
+            self.log(f"train/aux_{name}", value)
+        now = time.perf_counter()
+        if self._step_start is not None:
+            self.log("train/tokens_per_s", ids.numel() / (now - self._step_start))
+        self._step_start = now
+        return out.loss
+
+    def on_before_zero_grad(self, optimizer) -> None:
+        update_router_states(self.model)  # once per optimizer step (loss-free bias, λ1 warm-up)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        ids = batch["input_ids"]
+        out = self.model(ids, labels=ids)
+        ce = out.loss - (out.aux_loss if out.aux_loss is not None else 0.0)
+        self.log("val/ce", ce, prog_bar=True, sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        ce = self.trainer.callback_metrics.get("val/ce")
+        if ce is not None:
+            self.log("val/ppl", torch.exp(ce), prog_bar=True, sync_dist=True)
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            in_connection = "_conn." in name or ".expand." in name
+            (decay if p.ndim >= 2 and not in_connection else no_decay).append(p)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams.lr, betas=self.hparams.betas)
+        total = max(self.trainer.estimated_stepping_batches, 1)
+        warmup, floor = self.hparams.warmup_steps, self.hparams.min_lr_ratio
+
+        def lr_factor(step: int) -> float:  # linear warm-up, then cosine down to min_lr_ratio
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["hizoo_config"] = self.model.config.to_dict()
+
+
+def load_model_from_checkpoint(path: str | Path) -> HizooForCausalLM:
+    """A HizooForCausalLM from a Lightning ``.ckpt`` (written by HizooLightningModule) or an exported HF directory."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} has no config.json: not an exported hizoo model directory")
+        return HizooForCausalLM.from_pretrained(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise ValueError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from err
+    if "hizoo_config" not in checkpoint or "state_dict" not in checkpoint:
+        raise ValueError(f"checkpoint {path} has no 'hizoo_config'/'state_dict': not written by HizooLightningModule")
+    model = HizooForCausalLM(HizooConfig(**checkpoint["hizoo_config"]))
+    state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (model.config.tie_word_embeddings and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model
