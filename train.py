@@ -27,11 +27,13 @@ def export(cli: LightningCLI) -> Path:
     return out
 
 
-def main(args: list[str] | None = None) -> None:
+def main(args: list[str] | None = None, trainer_defaults: dict | None = None) -> None:
+    """``args`` as on the command line; ``trainer_defaults`` as LightningCLI's (e.g. extra callbacks)."""
     args = sys.argv[1:] if args is None else args
     if not args:
         args = ["fit", "--config", str(QUICKSTART)]
-    cli = LightningCLI(HizooLightningModule, HizooDataModule, args=args, save_config_kwargs={"overwrite": True})
+    cli = LightningCLI(HizooLightningModule, HizooDataModule, args=args, trainer_defaults=trainer_defaults,
+                       save_config_kwargs={"overwrite": True})
     if cli.subcommand != "fit" or cli.trainer.interrupted:
         return
     out = export(cli)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .corpus import Document, file_documents, stdlib_documents
 from .tokenizer import train_or_load_tokenizer
@@ -25,12 +25,32 @@ class PackedSequences(Dataset):
         return {"input_ids": self.input_ids[i], "domain_ids": self.domain_ids[i]}
 
 
+class ResumableShuffle(Sampler[int]):
+    """A permutation drawn from (seed, epoch) alone, so an epoch's order does not depend on what ran before;
+    ``skip`` drops the first samples of the next pass (the batches a resumed run already trained on)."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch, self.skip = n, seed, 0, 0
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls this at every epoch start
+        self.epoch = epoch
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        skip, self.skip = self.skip, 0
+        return iter(order[skip:].tolist())
+
+    def __len__(self) -> int:
+        return self.n - self.skip
+
+
 class HizooDataModule(L.LightningDataModule):
     """Corpus ``source``: ``"stdlib"`` (the embedded default) or a list of local files (see ``data.corpus``).
 
     Every ``val_every``-th document (in corpus order) is held out for validation; the tokenizer is trained on
     the training documents only. Documents are joined with the end-of-text token and cut into sequences of
-    ``seq_len`` tokens. The training order is a permutation drawn from ``seed`` and the epoch.
+    ``seq_len`` tokens. The training order is a permutation drawn from ``seed`` and the epoch, and a run
+    resumed from a checkpoint continues that order where it stopped.
     """
 
     def __init__(self, source: str | list[str] = "stdlib", max_files: int | None = None, vocab_size: int = 4096,
@@ -81,9 +101,14 @@ class HizooDataModule(L.LightningDataModule):
         return PackedSequences(ids, domains)
 
     def train_dataloader(self) -> DataLoader:
-        epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        order = torch.Generator().manual_seed(self.seed * 100_003 + epoch)  # same order for the same (seed, epoch)
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=order, drop_last=True,
+        sampler = ResumableShuffle(len(self.train_set), self.seed)
+        if self.trainer is not None and self.trainer.fit_loop.restarting:
+            # Resuming mid-epoch: Lightning restores the batch counter but starts a fresh iterator, so skip
+            # the batches the interrupted run already consumed; the run then sees exactly the same data.
+            done = self.trainer.fit_loop.epoch_loop.batch_progress.current.ready  # checkpoints are saved mid-batch-end
+            sampler.set_epoch(self.trainer.current_epoch)
+            sampler.skip = done * self.batch_size
+        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True,
                           num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:

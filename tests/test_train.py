@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -98,3 +99,44 @@ def test_bad_model_field_is_rejected(tmp_path):
             "--model.model_config.num_experts_per_tok", "9"]
     with pytest.raises(ValueError, match="num_experts_per_tok=9"):
         train.main(args)
+
+
+def _losses(version_dir: Path) -> list[float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(version_dir))
+    events.Reload()
+    return [e.value for e in events.Scalars("train/loss")]
+
+
+class _CrashAt(L.Callback):
+    """Interrupts training after optimizer step ``step`` (Lightning shuts down as on Ctrl-C)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path):
+    """30 steps straight vs a run interrupted at step 12, resumed from last.ckpt (step 10): same losses."""
+    common = ["--config", TINY, "--data.cache_dir", str(tmp_path / "cache"), "--trainer.log_every_n_steps", "2",
+              "--trainer.limit_val_batches", "0", "--model.model_config.router", "himoe",
+              "--model.model_config.n_groups", "2"]
+    straight = tmp_path / "straight"
+    train.main(["fit", *common, "--trainer.default_root_dir", str(straight),
+                "--trainer.logger.init_args.save_dir", str(straight)])
+    resumed = tmp_path / "resumed"
+    with pytest.raises(SystemExit):  # Lightning exits after an interrupt
+        train.main(["fit", *common, "--trainer.default_root_dir", str(resumed),
+                    "--trainer.logger.init_args.save_dir", str(resumed)],
+                   trainer_defaults={"callbacks": [_CrashAt(12)]})
+    last = next(resumed.rglob("last.ckpt"))
+    train.main(["fit", *common, "--trainer.default_root_dir", str(resumed),
+                "--trainer.logger.init_args.save_dir", str(resumed), "--ckpt_path", str(last)])
+    full = _losses(straight / "tiny" / "version_0")
+    tail = _losses(resumed / "tiny" / "version_1")
+    assert len(full) == 15 and len(tail) == 10
+    torch.testing.assert_close(torch.tensor(tail), torch.tensor(full[5:]), atol=1e-5, rtol=1e-5)
