@@ -140,3 +140,17 @@ def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path):
     tail = _losses(resumed / "tiny" / "version_1")
     assert len(full) == 15 and len(tail) == 10
     torch.testing.assert_close(torch.tensor(tail), torch.tensor(full[5:]), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("config_path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_config_parses_and_builds_a_valid_model_config(config_path, capsys):
+    import yaml
+
+    from hizoo import HizooConfig
+
+    with pytest.raises(SystemExit) as done:
+        train.main(["fit", "--config", str(config_path), "--print_config"])
+    assert done.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    model_config = HizooConfig(**printed["model"]["model_config"])  # validates every field
+    assert model_config.num_hidden_layers >= 2
