@@ -104,7 +104,7 @@ def load_model_from_checkpoint(path: str | Path) -> HizooForCausalLM:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # torch raises several types for truncated or foreign files
         raise ValueError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from err
-    if "hizoo_config" not in checkpoint or "state_dict" not in checkpoint:
+    if not isinstance(checkpoint, dict) or "hizoo_config" not in checkpoint or "state_dict" not in checkpoint:
         raise ValueError(f"checkpoint {path} has no 'hizoo_config'/'state_dict': not written by HizooLightningModule")
     model = HizooForCausalLM(HizooConfig(**checkpoint["hizoo_config"]))
     state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}

@@ -54,7 +54,7 @@ def test_loader_reads_a_lightning_style_checkpoint_and_rejects_others(tmp_path):
     with pytest.raises(ValueError, match="hizoo_config"):
         load_model(tmp_path / "b.ckpt")
     (tmp_path / "c.ckpt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="cannot read"):
+    with pytest.raises(ValueError, match="cannot be read"):
         load_model(tmp_path / "c.ckpt")
     with pytest.raises(FileNotFoundError):
         load_model(tmp_path / "missing")
