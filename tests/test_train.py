@@ -38,6 +38,8 @@ def test_tiny_run_learns_and_exports(tiny_run):
     losses = [e.value for e in events.Scalars("train/loss")]
     assert len(losses) >= 5
     assert losses[-1] < losses[0] - 0.5, losses
+    tags = events.Tags()
+    assert "experts/layer0/cv" in tags["scalars"] and "experts/load_heatmap" in tags["images"]  # diagnostics callback
     val_ce = events.Scalars("val/ce")[-1].value
     assert val_ce < math.log(384) - 0.5  # better than uniform over the vocabulary
 
