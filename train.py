@@ -11,6 +11,7 @@ next to the TensorBoard logs, loadable with ``AutoModelForCausalLM`` after ``imp
 import sys
 from pathlib import Path
 
+import torch
 from lightning.pytorch.cli import LightningCLI
 
 from hizoo.data import HizooDataModule
@@ -34,7 +35,10 @@ def main(args: list[str] | None = None, trainer_defaults: dict | None = None) ->
         args = ["fit", "--config", str(QUICKSTART)]
     cli = LightningCLI(HizooLightningModule, HizooDataModule, args=args, trainer_defaults=trainer_defaults,
                        save_config_kwargs={"overwrite": True})
-    if cli.subcommand != "fit" or cli.trainer.interrupted:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()  # a live gloo/NCCL group aborts the interpreter at exit
+    if cli.subcommand != "fit" or cli.trainer.interrupted or not cli.trainer.is_global_zero:
         return
     out = export(cli)
     ppl = cli.trainer.callback_metrics.get("val/ppl")

@@ -156,3 +156,31 @@ def test_every_config_parses_and_builds_a_valid_model_config(config_path, capsys
     printed = yaml.safe_load(capsys.readouterr().out)
     model_config = HizooConfig(**printed["model"]["model_config"])  # validates every field
     assert model_config.num_hidden_layers >= 2
+
+
+def test_ddp_with_two_cpu_processes(tmp_path):
+    """configs/ddp_cpu.yaml (strategy ddp, 2 gloo processes, global-batch balance) trains, exits cleanly and exports."""
+    args = ["fit", "--config", str(REPO / "configs" / "ddp_cpu.yaml"), "--trainer.max_steps", "4",
+            "--trainer.val_check_interval", "4", "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar",
+            "false", "--data.max_files", "30", "--data.vocab_size", "384", "--data.seq_len", "64",
+            "--data.batch_size", "4", "--model.model_config.hidden_size", "64",
+            "--model.model_config.num_hidden_layers", "2", "--data.cache_dir", str(tmp_path / "cache"),
+            "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), *args], capture_output=True, text=True,
+                            timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MEMBER: 2/2" in result.stderr + result.stdout
+    assert (tmp_path / "ddp_cpu" / "version_0" / "hf_model" / "model.safetensors").is_file()
+
+
+def test_non_finite_loss_stops_with_the_step_number():
+    from hizoo.models.lightning import HizooLightningModule
+
+    module = HizooLightningModule(model_config=dict(vocab_size=50, hidden_size=32, num_hidden_layers=2,
+                                                    num_attention_heads=2, intermediate_size=64))
+    module.configure_model()
+    with torch.no_grad():
+        module.model.lm_head.weight.fill_(float("nan"))
+    ids = torch.randint(0, 50, (2, 8))
+    with pytest.raises(FloatingPointError, match="non-finite training loss nan at step 0"):
+        module.training_step({"input_ids": ids}, 0)
