@@ -20,7 +20,8 @@ class HizooLightningModule(L.LightningModule):
     router scales and HC/mHC coefficients are not decayed."""
 
     def __init__(self, model_config: dict[str, int | float | bool | str | None] | None = None, lr: float = 1e-3, weight_decay: float = 0.1,
-                 betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 20, min_lr_ratio: float = 0.1):
+                 betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 20, min_lr_ratio: float = 0.1,
+                 peak_tflops: float | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.model_config = dict(model_config or {})
@@ -35,6 +36,7 @@ class HizooLightningModule(L.LightningModule):
         if datamodule is not None and getattr(datamodule, "tokenizer", None) is not None:
             fields["vocab_size"] = len(datamodule.tokenizer)
         self.model = HizooForCausalLM(HizooConfig(**fields))
+        self.flops_per_token = training_flops_per_token(self.model.config)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         ids = batch["input_ids"]
@@ -49,7 +51,12 @@ class HizooLightningModule(L.LightningModule):
             self.log(f"train/aux_{name}", value)
         now = time.perf_counter()
         if self._step_start is not None:
-            self.log("train/tokens_per_s", ids.numel() / (now - self._step_start))
+            tokens_per_s = ids.numel() / (now - self._step_start)
+            tflops = tokens_per_s * self.flops_per_token / 1e12
+            self.log("train/tokens_per_s", tokens_per_s)
+            self.log("train/tflops", tflops)
+            if self.hparams.peak_tflops:  # model FLOPs utilization (PaLM, Appendix B)
+                self.log("train/mfu", tflops / self.hparams.peak_tflops)
         self._step_start = now
         return out.loss
 
@@ -89,6 +96,23 @@ class HizooLightningModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["hizoo_config"] = self.model.config.to_dict()
+
+
+def training_flops_per_token(config: HizooConfig, seq_len: int | None = None) -> float:
+    """Forward + backward FLOPs per token, 6·N_active + 6·L·S·d for attention (PaLM, Appendix B): N_active counts
+    the matrices a token passes through, with only K of E routed experts (plus shared experts) in MoE layers."""
+    d, L = config.hidden_size, config.num_hidden_layers
+    attn = d * config.head_dim * (2 * config.num_attention_heads + 2 * config.num_key_value_heads)
+    active = config.vocab_size * d  # lm_head (the embedding lookup costs no FLOPs)
+    for layer in range(L):
+        if config.is_moe_layer(layer):
+            routed = config.num_experts_per_tok + config.num_shared_experts
+            ffn = 3 * d * config.moe_intermediate_size * routed + d * config.num_experts  # + router
+        else:
+            ffn = 3 * d * config.intermediate_size
+        active += attn + ffn
+    seq_len = seq_len or config.max_position_embeddings
+    return 6.0 * active + 6.0 * L * seq_len * d
 
 
 def load_model_from_checkpoint(path: str | Path) -> HizooForCausalLM:
