@@ -65,3 +65,21 @@ def file_documents(paths: list[str], text_field: str = "text") -> list[Document]
     if not docs:
         raise ValueError(f"corpus files {paths} contain no text")
     return docs
+
+
+def hub_documents(name: str, split: str = "train", text_field: str = "text") -> list[Document]:
+    """A ``datasets`` hub data set (needs network access to the hub); the domain is the data set's name."""
+    from datasets import load_dataset
+
+    try:
+        table = load_dataset(name, split=split)
+    except Exception as err:  # offline, unknown name, missing split: datasets raises many types
+        raise ConnectionError(
+            f"data set {name!r} (split {split!r}) could not be loaded through datasets: {type(err).__name__}: {err}. "
+            f"Without access to the hub, pass local files as the corpus source instead.") from err
+    if text_field not in table.column_names:
+        raise ValueError(f"data set {name!r} has no {text_field!r} field; fields: {table.column_names}")
+    docs = [Document(name, t) for t in table[text_field] if t and t.strip()]
+    if not docs:
+        raise ValueError(f"data set {name!r} contains no text")
+    return docs

@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .corpus import Document, file_documents, stdlib_documents
+from .corpus import Document, file_documents, hub_documents, stdlib_documents
 from .tokenizer import train_or_load_tokenizer
 
 
@@ -45,7 +45,8 @@ class ResumableShuffle(Sampler[int]):
 
 
 class HizooDataModule(L.LightningDataModule):
-    """Corpus ``source``: ``"stdlib"`` (the embedded default) or a list of local files (see ``data.corpus``).
+    """Corpus ``source``: ``"stdlib"`` (the embedded default), a list of local files, or ``"hf:<name>"`` for a
+    ``datasets`` hub data set (see ``data.corpus``).
 
     Every ``val_every``-th document (in corpus order) is held out for validation; the tokenizer is trained on
     the training documents only. Documents are joined with the end-of-text token and cut into sequences of
@@ -70,6 +71,8 @@ class HizooDataModule(L.LightningDataModule):
     def _documents(self) -> list[Document]:
         if self.source == "stdlib":
             return stdlib_documents(self.max_files)
+        if isinstance(self.source, str) and self.source.startswith("hf:"):
+            return hub_documents(self.source[len("hf:"):])
         return file_documents([self.source] if isinstance(self.source, str) else list(self.source))
 
     def setup(self, stage: str | None = None) -> None:

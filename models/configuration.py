@@ -168,6 +168,8 @@ class HizooConfig(PreTrainedConfig):
         _check_choice(self, "himoe_group_mass", HIMOE_GROUP_MASS)
         if not isinstance(self.router_global_balance, bool):
             raise ValueError(f"router_global_balance={self.router_global_balance!r} must be True or False")
+        if self.router_global_balance and self.router != "topk":
+            raise ValueError(f"router_global_balance=True is implemented for router='topk' only; got router={self.router!r}")
         if self.capacity_factor is not None and self.capacity_factor <= 0:
             raise ValueError(f"capacity_factor={self.capacity_factor} must be None (dropless) or > 0")
         if self.ffn == "dense":

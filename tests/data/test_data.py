@@ -71,3 +71,11 @@ def test_local_files_become_domains(tmp_path):
     dm = _datamodule(tmp_path, source=[str(tmp_path / n) for n in ("alpha.txt", "beta.txt", "gamma.jsonl")],
                      val_every=2, max_files=None)
     assert dm.domain_names == ["alpha", "beta", "gamma"]
+
+
+def test_hub_name_without_network_gives_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    with pytest.raises(ConnectionError, match="'hizoo-test/no-such-corpus'.*pass local files"):
+        HizooDataModule(source="hf:hizoo-test/no-such-corpus", cache_dir=str(tmp_path)).setup()

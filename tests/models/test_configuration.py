@@ -53,6 +53,7 @@ def test_derived_defaults():
         (dict(router_aux_loss_coef=-0.01), "router_aux_loss_coef=-0.01"),
         (dict(himoe_ema_beta=1.0), "himoe_ema_beta=1.0"),
         (dict(residual="dense"), "residual='dense'"),
+        (dict(ffn="moe", router="himoe", n_groups=4, router_global_balance=True), "router_global_balance=True"),
         (dict(residual="none", n_streams=4), "n_streams=4"),
         (dict(residual="hc", n_streams=0), "n_streams=0"),
         (dict(residual="hc", n_streams=2, stream_init="magic"), "stream_init='magic'"),
