@@ -20,7 +20,7 @@ and the kinds differ only in where (r, M, w) come from:
 - ``mhc`` (DeepSeek, arXiv 2512.24880): x_{l+1} = H_res x_l + H_postᵀ F(H_pre x_l) (Eq. 3). The streams
   are flattened to x⃗ ∈ R^{nC} and RMS-normalized over all nC values, H̃ = α·(x⃗' φ) + b for pre (n),
   post (n) and res (n²) (Eq. 7); r = H_pre = σ(H̃_pre), w = H_post = 2σ(H̃_post),
-  M = H_res = Sinkhorn–Knopp(exp(H̃_res)) (Eq. 8), 20 iterations in fp32 (log domain).
+  M = H_res = Sinkhorn–Knopp(exp(H̃_res)) (Eq. 8), 20 iterations in fp32 (max-shifted, see sinkhorn.py).
 - ``mhc_lite``: as ``mhc`` but M = Σ_r softmax(c)_r P_r over all n! permutation matrices, c = H̃_res ∈ R^{n!}.
 
 The connection index. Each block has two connections (attention, then FFN) and each counts as one
