@@ -1,0 +1,71 @@
+"""python -m hizoo.study {moe,streams} [--scale toy|cpu|gpu] [--seeds N] [--variants NAME ...] [--out DIR]
+
+moe:     dense (active-parameter matched), top-k softmax (OLMoE), group-limited with loss-free bias
+         (DeepSeek-V3), Hi-MoE (reference grouping, k_g = 2) and Hi-MoE with k_g = 1, at equal tokens and
+         equal total/active parameters; validation perplexity, expert CV, MaxVio, group CV, domain specialization.
+streams: plain residual, then HC and mHC with each stream_init (copy = symmetric; lss, rotate, split,
+         perturb break the symmetry); perplexity, dominant-stream share, effective streams, ‖M − I‖,
+         stream-ablation loss.
+
+Writes results.md (table, mean ± std over seeds), results.json (every run), curves.png, a study figure,
+figures/<variant>_*.png and TensorBoard logs (tensorboard/<variant>/seed<k>) to --out. Runs already in --out
+are reused: an interrupted study continues where it stopped (--fresh retrains everything).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from .report import table, write
+from .runner import run_study
+from .variants import SCALES, STUDIES, select
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hizoo.study", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("study", choices=sorted(STUDIES))
+    parser.add_argument("--scale", choices=list(SCALES), default="cpu",
+                        help="model size, data and budget (default cpu: well under an hour on 2 cores)")
+    parser.add_argument("--seeds", type=int, help="number of seeds 0..N-1 (default: the scale's)")
+    parser.add_argument("--steps", type=int, help="optimizer steps per run (default: the scale's)")
+    parser.add_argument("--variants", nargs="+", metavar="NAME", help="a subset of the study's variants")
+    parser.add_argument("--data", nargs="+", metavar="FILE",
+                        help="corpus files (or one hf:NAME) instead of the embedded standard-library corpus")
+    parser.add_argument("--out", help="output folder (default runs/study_<study>_<scale>)")
+    parser.add_argument("--fresh", action="store_true", help="retrain runs already present in --out")
+    args = parser.parse_args(argv)
+    for name in ("seeds", "steps"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name} must be >= 1, got {value}")
+
+    scale = SCALES[args.scale]
+    try:
+        variants = select(STUDIES[args.study](scale), args.variants)
+    except ValueError as err:
+        parser.error(str(err))
+    seeds = list(range(args.seeds or scale.seeds))
+    out = Path(args.out or f"runs/study_{args.study}_{args.scale}")
+    source = None
+    if args.data:
+        source = args.data[0] if len(args.data) == 1 and args.data[0].startswith("hf:") else args.data
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # one line per run instead of Lightning's banner
+    results = run_study(variants, scale, seeds, out, source=source, steps=args.steps, fresh=args.fresh)
+
+    command = "python -m hizoo.study " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    (out / "results.json").write_text(json.dumps(results, default=str))
+    page = write(args.study, results, out, command)
+    print()
+    print(table(args.study, results))
+    print(f"\nwrote {page}, results.json, figures and TensorBoard logs to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""Train one (variant, seed) of a study with Lightning and measure it on held-out data.
+
+Each run writes ``runs/<variant>/seed<k>/result.json`` under the study folder and logs to TensorBoard under
+``tensorboard/<variant>/seed<k>``; a study that is started again skips the runs whose result is there, so an
+interrupted study continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from ..analysis.callback import DiagnosticsCallback
+from ..analysis.report import collect
+from ..data import HizooDataModule
+from ..models.lightning import HizooLightningModule
+from .variants import Scale, Variant
+
+
+class CurveRecorder(L.Callback):
+    """Validation CE at every validation and training CE at every logging step: the study's curves."""
+
+    def __init__(self):
+        self.val: list[tuple[int, float]] = []
+        self.train: list[tuple[int, float]] = []
+
+    def on_validation_end(self, trainer, pl_module):
+        ce = trainer.callback_metrics.get("val/ce")
+        if ce is not None and not trainer.sanity_checking:
+            self.val.append((trainer.global_step, float(ce)))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        ce = trainer.callback_metrics.get("train/ce")
+        if ce is not None and trainer.global_step % trainer.log_every_n_steps == 0:
+            self.train.append((trainer.global_step, float(ce)))
+
+
+def parameter_counts(model) -> tuple[int, int]:
+    """(total, active per token): active counts K of the E routed experts in every MoE layer."""
+    total = sum(p.numel() for p in model.parameters())
+    inactive = 0
+    config = model.config
+    for module in model.modules():
+        experts = getattr(module, "experts", None)
+        if experts is not None and hasattr(module, "router"):
+            expert_params = sum(p.numel() for p in experts.parameters())
+            inactive += expert_params * (config.num_experts - config.num_experts_per_tok) // config.num_experts
+    return total, total - inactive
+
+
+@torch.no_grad()
+def validation_ce(model, datamodule: HizooDataModule, max_batches: int) -> float:
+    """Token-weighted next-token CE (no aux losses) over up to ``max_batches`` validation batches."""
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for i, batch in enumerate(datamodule.val_dataloader()):
+        if i == max_batches:
+            break
+        ids = batch["input_ids"].to(device)  # [B, S]
+        logits = model(ids, use_cache=False).logits[:, :-1].float()  # [B, S-1, V]
+        total += float(F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="sum"))
+        count += ids[:, 1:].numel()
+    return total / count
+
+
+def held_out_batch(datamodule: HizooDataModule, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` validation sequences evenly spaced over the split (which is in corpus order, so the sample spans
+    the domains) -> (input_ids [n, S], domain_ids [n, S])."""
+    data = datamodule.val_set
+    n = min(n, len(data))
+    rows = torch.linspace(0, len(data) - 1, n).round().long()
+    return data.input_ids[rows], data.domain_ids[rows]
+
+
+def summary_metrics(report: dict) -> dict:
+    """The study's per-run numbers from a diagnostics report (layer means; absent sections give no keys)."""
+    out: dict = {}
+    experts = report.get("experts")
+    if experts and experts["moe_layers"]:
+        layers = list(experts["layers"].values())
+        out["cv"] = experts["mean_cv"]
+        out["max_vio"] = experts["mean_max_vio"]
+        if "group_cv" in layers[0]:
+            out["group_cv"] = sum(s["group_cv"] for s in layers) / len(layers)
+            out["within_group_collapse"] = sum(s["within_group_collapse"] for s in layers) / len(layers)
+    domains = report.get("domains")
+    if domains and domains["all_layers"]["specialization"]:
+        spec = domains["all_layers"]["specialization"]
+        out["specialization"] = sum(spec) / len(spec)
+    streams = report.get("streams")
+    if streams:
+        layers = streams["layers"]
+        out["dominant_share"] = sum(layer["dominant_share"] for layer in layers) / len(layers)
+        out["dominant_share_max"] = max(layer["dominant_share"] for layer in layers)
+        out["effective_streams"] = sum(layer["effective_streams"] for layer in layers) / len(layers)
+        out["stream_cosine"] = sum(layer["mean_cosine"] for layer in layers) / len(layers)
+        dist = [layer[b]["mix_identity_distance"] for layer in layers for b in ("attn", "ffn")
+                if "mix_identity_distance" in layer[b]]
+        if dist:
+            out["mix_identity_distance"] = sum(dist) / len(dist)
+        if "ablation" in streams:
+            inc = streams["ablation"]["loss_increase"]
+            out["ablation_max"], out["ablation_min"] = max(inc), min(inc)
+    return out
+
+
+def train_variant(variant: Variant, scale: Scale, seed: int, out: Path, datamodule: HizooDataModule,
+                  steps: int | None = None) -> dict:
+    """Train ``variant`` at ``scale`` from ``seed`` (model init and data order) and measure it.
+
+    Returns (and writes to ``out/runs/<variant>/seed<seed>/result.json``) {"variant", "label", "seed",
+    "tokens", "params", "active_params", "val_ce", "val_ppl", "curve": {"val": [[step, ce]], "train": …},
+    "metrics": summary_metrics, "report": the full diagnostics report, "seconds"}."""
+    steps = steps or scale.steps
+    start = time.perf_counter()
+    L.seed_everything(seed, verbose=False)
+    datamodule.seed = seed  # the training order is drawn from the seed too
+    module = HizooLightningModule(model_config={**scale.model, **variant.model}, lr=scale.lr,
+                                  warmup_steps=min(scale.warmup_steps, max(1, steps // 10)))
+    curves = CurveRecorder()
+    logger = TensorBoardLogger(out / "tensorboard", name=variant.name, version=f"seed{seed}")
+    trainer = L.Trainer(
+        max_steps=steps, val_check_interval=min(scale.val_every, steps), limit_val_batches=scale.val_batches,
+        check_val_every_n_epoch=None, log_every_n_steps=min(10, steps), gradient_clip_val=1.0,
+        accelerator=scale.accelerator, devices=1, precision=scale.precision, logger=logger,
+        callbacks=[curves, DiagnosticsCallback(scalars_every_n_steps=max(1, steps // 10), figures_every_n_steps=steps)],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=datamodule)
+    if not trainer.state.finished or trainer.interrupted:
+        raise RuntimeError(f"{variant.name} seed {seed}: training did not finish (stopped at step {trainer.global_step})")
+
+    model = module.model.eval()
+    device = next(model.parameters()).device
+    val_ce = validation_ce(model, datamodule, scale.eval_batches)
+    input_ids, domain_ids = held_out_batch(datamodule, scale.eval_sequences)
+    report = collect(model, input_ids.to(device), domain_ids.to(device), datamodule.domain_names)
+    params, active = parameter_counts(model)
+    result = {
+        "variant": variant.name, "label": variant.label, "seed": seed, "scale": scale.name, "steps": steps,
+        "tokens": steps * datamodule.batch_size * datamodule.seq_len, "params": params, "active_params": active,
+        "val_ce": val_ce, "val_ppl": math.exp(val_ce), "curve": {"val": curves.val, "train": curves.train},
+        "metrics": {"val_ppl": math.exp(val_ce), **summary_metrics(report)}, "report": report,
+        "seconds": time.perf_counter() - start,
+    }
+    path = result_path(out, variant.name, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, default=str))
+    return result
+
+
+def result_path(out: Path, variant: str, seed: int) -> Path:
+    return out / "runs" / variant / f"seed{seed}" / "result.json"
+
+
+def load_result(path: Path) -> dict:
+    """A result.json back as train_variant returned it (JSON turns the int layer keys into strings)."""
+    result = json.loads(path.read_text())
+    report = result["report"]
+    for section in ("experts", "domains"):
+        if section in report and "layers" in report[section]:
+            report[section]["layers"] = {int(k): v for k, v in report[section]["layers"].items()}
+    return result
+
+
+def run_study(variants: list[Variant], scale: Scale, seeds: list[int], out: Path, source: str | list[str] | None = None,
+              steps: int | None = None, fresh: bool = False, log=print) -> list[dict]:
+    """Train every (variant, seed) not already done in ``out`` (all of them with ``fresh``); returns the results
+    in (variant, seed) order. ``source`` overrides the scale's corpus (local files or ``hf:NAME``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    data = dict(scale.data)
+    if source is not None:
+        data.update(source=source, max_files=None)
+    datamodule = HizooDataModule(**data, cache_dir=str(out / "cache"))
+    datamodule.setup("fit")
+    results = []
+    todo = [(v, s) for v in variants for s in seeds]
+    for i, (variant, seed) in enumerate(todo, 1):
+        path = result_path(out, variant.name, seed)
+        if path.is_file() and not fresh:
+            result = load_result(path)
+            if result["steps"] == (steps or scale.steps):
+                results.append(result)
+                log(f"[{i}/{len(todo)}] {variant.name} seed {seed}: done before, val ppl {result['val_ppl']:.2f}")
+                continue
+        train_variant(variant, scale, seed, out, datamodule, steps)
+        result = load_result(path)  # the same structure as a run done before
+        results.append(result)
+        log(f"[{i}/{len(todo)}] {variant.name} seed {seed}: val ppl {result['val_ppl']:.2f} "
+            f"({result['seconds']:.0f} s)")
+    return results

@@ -1,0 +1,123 @@
+"""What the studies train: scales (model size, data, budget) and the variants compared at each scale.
+
+Every variant of a study shares the scale's transformer, data, token budget and optimizer; only the fields
+under study change. In the MoE study every routed variant has the same experts (E, K, expert width), hence
+the same total and active parameters; the dense baseline matches the active parameters (its FFN width is
+K × the expert width). In the streams study every variant has the same dense FFN model; only the residual
+(plain, HC, mHC) and the stream initialization change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..models.configuration import STREAM_INITS
+
+
+@dataclass(frozen=True)
+class Scale:
+    """One size of study. ``model``: HizooConfig fields shared by every variant; ``data``: HizooDataModule
+    arguments; ``steps`` optimizer steps of ``batch_size × seq_len`` tokens each."""
+
+    name: str
+    model: dict
+    data: dict
+    num_experts: int
+    top_k: int
+    expert_width: int
+    n_streams: int
+    steps: int
+    lr: float
+    warmup_steps: int
+    val_every: int  # steps between validation points of the curves
+    val_batches: int  # batches per curve point
+    eval_batches: int  # batches of the final validation perplexity (the whole split when larger)
+    eval_sequences: int  # held-out sequences for the diagnostics (balance, specialization, streams)
+    seeds: int  # default number of seeds
+    precision: str = "32-true"
+    accelerator: str = "auto"
+
+    @property
+    def tokens(self) -> int:
+        return self.steps * self.data["batch_size"] * self.data["seq_len"]
+
+
+SCALES = {
+    # seconds per run: the test suite's scale, not a result
+    "toy": Scale(
+        name="toy",
+        model=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=32),
+        data=dict(source="stdlib", max_files=40, vocab_size=384, seq_len=32, batch_size=4),
+        num_experts=8, top_k=2, expert_width=16, n_streams=2,
+        steps=4, lr=2e-3, warmup_steps=1, val_every=2, val_batches=2, eval_batches=4, eval_sequences=4, seeds=1),
+    # a laptop CPU: each study in well under an hour on 2 cores
+    "cpu": Scale(
+        name="cpu",
+        model=dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, max_position_embeddings=128),
+        data=dict(source="stdlib", max_files=400, vocab_size=2048, seq_len=128, batch_size=8),
+        num_experts=16, top_k=4, expert_width=96, n_streams=4,
+        steps=600, lr=2e-3, warmup_steps=30, val_every=100, val_batches=8, eval_batches=64, eval_sequences=32,
+        seeds=3),
+    # one GPU: the whole standard library, a model ~10x wider and 2x deeper; bf16 autocast
+    "gpu": Scale(
+        name="gpu",
+        model=dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, max_position_embeddings=512),
+        data=dict(source="stdlib", max_files=None, vocab_size=8192, seq_len=512, batch_size=32),
+        num_experts=32, top_k=8, expert_width=256, n_streams=4,
+        steps=4000, lr=1e-3, warmup_steps=200, val_every=250, val_batches=16, eval_batches=128,
+        eval_sequences=64, seeds=3, precision="bf16-mixed"),
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """``name``: a file-safe id; ``label``: what the tables say; ``model``: HizooConfig fields over the scale's."""
+
+    name: str
+    label: str
+    model: dict = field(default_factory=dict)
+
+
+def moe_variants(scale: Scale) -> list[Variant]:
+    """Dense (active-parameter matched), OLMoE top-k, DeepSeek-V3 group-limited, Hi-MoE as in its reference
+    (groups of 8 experts, k_g = 2, every group selected), and Hi-MoE with k_g = 1 (one expert per group)."""
+    E, K, width = scale.num_experts, scale.top_k, scale.expert_width
+    moe = dict(ffn="moe", num_experts=E, num_experts_per_tok=K, moe_intermediate_size=width)
+    himoe_groups = max(1, min(E // 8, K // 2))  # groups of E/G ≥ 8 experts when E allows, k_g = K/G ≥ 2
+    return [
+        Variant("dense", f"dense (FFN width {K * width} = K × expert width)",
+                dict(ffn="dense", intermediate_size=K * width)),
+        Variant("topk", "top-k softmax (OLMoE)", dict(moe, router="topk")),
+        Variant("group_limited", "group-limited + loss-free bias (DeepSeek-V3)",
+                dict(moe, router="group_limited", n_groups=4, topk_groups=2, router_aux_loss_coef=0.0,
+                     seq_aux_loss_coef=1e-4)),
+        Variant("himoe", f"Hi-MoE ({himoe_groups}×{E // himoe_groups} experts, k_g = {K // himoe_groups})",
+                dict(moe, router="himoe", n_groups=himoe_groups)),
+        Variant("himoe_kg1", f"Hi-MoE ({K}×{E // K} experts, k_g = 1)", dict(moe, router="himoe", n_groups=K)),
+    ]
+
+
+def stream_variants(scale: Scale) -> list[Variant]:
+    """Plain residual, then HC (dynamic, as in the HC paper's main results) and mHC with every stream_init:
+    ``copy`` is the symmetric baseline, the others break the symmetry between streams."""
+    n = scale.n_streams
+    out = [Variant("plain", "plain residual", dict(residual="none", n_streams=1))]
+    for residual, label, extra in (("hc", "HC", dict(hc_dynamic=True)), ("mhc", "mHC", {})):
+        for init in STREAM_INITS:
+            out.append(Variant(f"{residual}_{init}", f"{label} n={n}, {init}",
+                               dict(residual=residual, n_streams=n, stream_init=init, **extra)))
+    return out
+
+
+STUDIES = {"moe": moe_variants, "streams": stream_variants}
+
+
+def select(variants: list[Variant], names: list[str] | None) -> list[Variant]:
+    """The variants named in ``names`` (all when None), in the study's order; unknown names raise ValueError."""
+    if not names:
+        return variants
+    known = [v.name for v in variants]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"--variants {unknown} unknown; this study has {known}")
+    return [v for v in variants if v.name in names]
