@@ -175,7 +175,7 @@ def stream_dominance_figure(results: list[dict]):
 
 
 def write(study: str, results: list[dict], out: Path, command: str) -> Path:
-    """Write ``results.md`` and the figures to ``out``; returns the Markdown file."""
+    """Write ``results.md``, the figures and the table as TensorBoard text to ``out``; returns the Markdown file."""
     study_figures = {"curves": curves_figure(results)}
     study_figures["balance" if study == "moe" else "stream_dominance"] = (
         balance_figure(results) if study == "moe" else stream_dominance_figure(results))
@@ -190,4 +190,8 @@ def write(study: str, results: list[dict], out: Path, command: str) -> Path:
             plt.close(fig)
     page = out / "results.md"
     page.write_text(markdown(study, results, command))
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(out / "tensorboard" / "study") as writer:  # the table in TensorBoard's text tab
+        writer.add_text(f"study/{study}", table(study, results))
     return page

@@ -16,8 +16,9 @@ from ..models.configuration import STREAM_INITS
 
 @dataclass(frozen=True)
 class Scale:
-    """One size of study. ``model``: HizooConfig fields shared by every variant; ``data``: HizooDataModule
-    arguments; ``steps`` optimizer steps of ``batch_size × seq_len`` tokens each."""
+    """One size of study. ``model``: HizooConfig fields shared by every variant (its dense FFN width is
+    ``top_k × expert_width``, the MoE variants' active width); ``data``: HizooDataModule arguments; ``steps``
+    optimizer steps of ``batch_size × seq_len`` tokens each."""
 
     name: str
     model: dict
@@ -46,14 +47,16 @@ SCALES = {
     # seconds per run: the test suite's scale, not a result
     "toy": Scale(
         name="toy",
-        model=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=32),
+        model=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                   max_position_embeddings=32),
         data=dict(source="stdlib", max_files=40, vocab_size=384, seq_len=32, batch_size=4),
         num_experts=8, top_k=2, expert_width=16, n_streams=2,
         steps=4, lr=2e-3, warmup_steps=1, val_every=2, val_batches=2, eval_batches=4, eval_sequences=4, seeds=1),
     # a laptop CPU: each study in well under an hour on 2 cores
     "cpu": Scale(
         name="cpu",
-        model=dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, max_position_embeddings=128),
+        model=dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=384,
+                   max_position_embeddings=128),
         data=dict(source="stdlib", max_files=400, vocab_size=2048, seq_len=128, batch_size=8),
         num_experts=16, top_k=4, expert_width=96, n_streams=4,
         steps=600, lr=2e-3, warmup_steps=30, val_every=100, val_batches=8, eval_batches=64, eval_sequences=32,
@@ -61,7 +64,8 @@ SCALES = {
     # one GPU: the whole standard library, a model ~10x wider and 2x deeper; bf16 autocast
     "gpu": Scale(
         name="gpu",
-        model=dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, max_position_embeddings=512),
+        model=dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, intermediate_size=2048,
+                   max_position_embeddings=512),
         data=dict(source="stdlib", max_files=None, vocab_size=8192, seq_len=512, batch_size=32),
         num_experts=32, top_k=8, expert_width=256, n_streams=4,
         steps=4000, lr=1e-3, warmup_steps=200, val_every=250, val_batches=16, eval_batches=128,

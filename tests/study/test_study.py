@@ -39,6 +39,7 @@ def test_moe_study_writes_table_figures_and_logs_for_every_variant(moe_study):
         assert v.label in page
         assert list((moe_study / "tensorboard" / v.name / "seed0").glob("events.out.tfevents.*"))
         assert results[v.name]["tokens"] == TOY.tokens
+    assert list((moe_study / "tensorboard" / "study").glob("events.out.tfevents.*"))
     for name in ("curves.png", "balance.png"):
         assert (moe_study / name).stat().st_size > 1000
     for v in variants[1:]:  # every MoE variant has its load heatmap and per-domain usage
@@ -129,5 +130,6 @@ def test_every_scale_builds_valid_configs(scale):
     from hizoo.models.configuration import HizooConfig
 
     s = SCALES[scale]
+    assert s.model["intermediate_size"] == s.top_k * s.expert_width  # the dense width is the MoE active width
     for v in moe_variants(s) + stream_variants(s):
         HizooConfig(vocab_size=s.data["vocab_size"], **{**s.model, **v.model})  # raises on a bad combination
