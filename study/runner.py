@@ -56,8 +56,8 @@ def parameter_counts(model) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def validation_ce(model, datamodule: HizooDataModule, max_batches: int) -> float:
-    """Token-weighted next-token CE (no aux losses) over up to ``max_batches`` validation batches."""
+def validation_ce(model, datamodule: HizooDataModule, max_batches: int | None = None) -> float:
+    """Token-weighted next-token CE (no aux losses) over the first ``max_batches`` validation batches (all: None)."""
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for i, batch in enumerate(datamodule.val_dataloader()):
@@ -127,7 +127,8 @@ def train_variant(variant: Variant, scale: Scale, seed: int, out: Path, datamodu
     curves = CurveRecorder()
     logger = TensorBoardLogger(out / "tensorboard", name=variant.name, version=f"seed{seed}")
     trainer = L.Trainer(
-        max_steps=steps, val_check_interval=min(scale.val_every, steps), limit_val_batches=scale.val_batches,
+        max_steps=steps, val_check_interval=min(scale.val_every, steps),
+        limit_val_batches=scale.val_batches if scale.val_batches is not None else 1.0,
         check_val_every_n_epoch=None, log_every_n_steps=min(10, steps), gradient_clip_val=1.0,
         accelerator=scale.accelerator, devices=1, precision=scale.precision, logger=logger,
         callbacks=[curves, DiagnosticsCallback(scalars_every_n_steps=max(1, steps // 10), figures_every_n_steps=steps)],
@@ -138,7 +139,7 @@ def train_variant(variant: Variant, scale: Scale, seed: int, out: Path, datamodu
 
     model = module.model.eval()
     device = next(model.parameters()).device
-    val_ce = validation_ce(model, datamodule, scale.eval_batches)
+    val_ce = validation_ce(model, datamodule, scale.val_batches)
     input_ids, domain_ids = held_out_batch(datamodule, scale.eval_sequences)
     report = collect(model, input_ids.to(device), domain_ids.to(device), datamodule.domain_names)
     params, active = parameter_counts(model)

@@ -31,8 +31,7 @@ class Scale:
     lr: float
     warmup_steps: int
     val_every: int  # steps between validation points of the curves
-    val_batches: int  # batches per curve point
-    eval_batches: int  # batches of the final validation perplexity (the whole split when larger)
+    val_batches: int | None  # validation batches of every curve point and of the final perplexity (None: all)
     eval_sequences: int  # held-out sequences for the diagnostics (balance, specialization, streams)
     seeds: int  # default number of seeds
     precision: str = "32-true"
@@ -51,7 +50,7 @@ SCALES = {
                    max_position_embeddings=32),
         data=dict(source="stdlib", max_files=40, vocab_size=384, seq_len=32, batch_size=4),
         num_experts=8, top_k=2, expert_width=16, n_streams=2,
-        steps=4, lr=2e-3, warmup_steps=1, val_every=2, val_batches=2, eval_batches=4, eval_sequences=4, seeds=1),
+        steps=4, lr=2e-3, warmup_steps=1, val_every=2, val_batches=4, eval_sequences=4, seeds=1),
     # a laptop CPU: each study in well under an hour on 2 cores
     "cpu": Scale(
         name="cpu",
@@ -59,7 +58,7 @@ SCALES = {
                    max_position_embeddings=128),
         data=dict(source="stdlib", max_files=400, vocab_size=2048, seq_len=128, batch_size=8),
         num_experts=16, top_k=4, expert_width=96, n_streams=4,
-        steps=600, lr=2e-3, warmup_steps=30, val_every=100, val_batches=8, eval_batches=64, eval_sequences=32,
+        steps=600, lr=2e-3, warmup_steps=30, val_every=150, val_batches=None, eval_sequences=64,
         seeds=3),
     # one GPU: the whole standard library, a model ~10x wider and 2x deeper; bf16 autocast
     "gpu": Scale(
@@ -68,8 +67,8 @@ SCALES = {
                    max_position_embeddings=512),
         data=dict(source="stdlib", max_files=None, vocab_size=8192, seq_len=512, batch_size=32),
         num_experts=32, top_k=8, expert_width=256, n_streams=4,
-        steps=4000, lr=1e-3, warmup_steps=200, val_every=250, val_batches=16, eval_batches=128,
-        eval_sequences=64, seeds=3, precision="bf16-mixed"),
+        steps=4000, lr=1e-3, warmup_steps=200, val_every=250, val_batches=None, eval_sequences=64,
+        seeds=3, precision="bf16-mixed"),
 }
 
 
@@ -83,8 +82,9 @@ class Variant:
 
 
 def moe_variants(scale: Scale) -> list[Variant]:
-    """Dense (active-parameter matched), OLMoE top-k, DeepSeek-V3 group-limited, Hi-MoE as in its reference
-    (groups of 8 experts, k_g = 2, every group selected), and Hi-MoE with k_g = 1 (one expert per group)."""
+    """Dense (active-parameter matched), OLMoE top-k, Mixtral top-k (renormalized weights), DeepSeek-V3
+    group-limited, Hi-MoE as in its reference (groups of 8 experts, k_g = 2, every group selected), and Hi-MoE
+    with k_g = 1 (one expert per group)."""
     E, K, width = scale.num_experts, scale.top_k, scale.expert_width
     moe = dict(ffn="moe", num_experts=E, num_experts_per_tok=K, moe_intermediate_size=width)
     himoe_groups = max(1, min(E // 8, K // 2))  # groups of E/G ≥ 8 experts when E allows, k_g = K/G ≥ 2
@@ -92,6 +92,9 @@ def moe_variants(scale: Scale) -> list[Variant]:
         Variant("dense", f"dense (FFN width {K * width} = K × expert width)",
                 dict(ffn="dense", intermediate_size=K * width)),
         Variant("topk", "top-k softmax (OLMoE)", dict(moe, router="topk")),
+        # OLMoE keeps the top-K probabilities as they are (summing to ~K/E at init); Mixtral renormalizes them,
+        # as Hi-MoE and DeepSeek-V3 do: this variant separates that choice from the routing itself
+        Variant("topk_norm", "top-k softmax, renormalized (Mixtral)", dict(moe, router="topk", norm_topk_prob=True)),
         Variant("group_limited", "group-limited + loss-free bias (DeepSeek-V3)",
                 dict(moe, router="group_limited", n_groups=4, topk_groups=2, router_aux_loss_coef=0.0,
                      seq_aux_loss_coef=1e-4)),
