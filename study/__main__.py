@@ -1,8 +1,9 @@
 """python -m hizoo.study {moe,streams} [--scale toy|cpu|gpu] [--seeds N] [--variants NAME ...] [--out DIR]
 
 moe:     dense (active-parameter matched), top-k softmax (OLMoE; renormalized as in Mixtral), group-limited
-         with loss-free bias (DeepSeek-V3), Hi-MoE (reference grouping, k_g = 2) and Hi-MoE with k_g = 1, at
-         equal tokens and equal total/active parameters; validation perplexity, expert CV, MaxVio, group CV, domain specialization.
+         with loss-free bias (DeepSeek-V3), Hi-MoE (reference grouping, k_g = 2; and without its intra-group
+         term) and Hi-MoE with k_g = 1, at equal tokens and equal total/active parameters; validation
+         perplexity, expert CV, MaxVio, group CV, domain specialization.
 streams: plain residual, then HC and mHC with each stream_init (copy = symmetric; lss, rotate, split,
          perturb break the symmetry); perplexity, dominant-stream share, effective streams, ‖M − I‖,
          stream-ablation loss.

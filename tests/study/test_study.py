@@ -56,7 +56,7 @@ def test_moe_study_matches_parameters(moe_study):
     results = _results(moe_study)
     cfg = TOY.model
     per_layer_vector = cfg["num_hidden_layers"] * TOY.num_experts  # Hi-MoE's expert_scale [E] per layer
-    moe = [results[n] for n in ("topk", "topk_norm", "group_limited", "himoe", "himoe_kg1")]
+    moe = [results[n] for n in ("topk", "topk_norm", "group_limited", "himoe", "himoe_no_intra", "himoe_kg1")]
     for key in ("params", "active_params"):
         values = [r[key] for r in moe]
         assert max(values) - min(values) <= per_layer_vector, (key, values)
