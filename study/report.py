@@ -19,9 +19,8 @@ COLUMNS = {
             ("within_group_collapse", "within-group collapse"), ("specialization", "domain specialization (JS)")],
     "streams": [("val_ppl", "val ppl"), ("dominant_share", "dominant share"),
                 ("dominant_share_max", "dominant share, worst layer"), ("effective_streams", "effective streams"),
-                ("stream_cosine", "stream cosine"),
-                ("mix_identity_distance", "‖M − I‖_F"), ("ablation_max", "ablation Δloss max"),
-                ("ablation_min", "ablation Δloss min")],
+                ("stream_cosine", "stream cosine"), ("mix_identity_distance", "‖M − I‖_F"),
+                ("amax_gain", "Amax gain"), ("ablation_max", "ablation Δloss max"), ("ablation_min", "ablation Δloss min")],
 }
 REFERENCE = {"moe": "topk", "streams": "plain"}  # the variant the relative perplexity is measured against
 
@@ -43,6 +42,8 @@ METRIC_NOTES = {
         "all streams point the same way: n copies of one residual, whatever their norm shares).",
         "‖M − I‖_F: distance of the token-mean residual mixing from the identity, averaged over layers and branches "
         "(0 = the streams never exchange information).",
+        "Amax gain: the largest absolute row or column sum of the product of the token-mean mixings over depth "
+        "(mHC's measure; 1 when every mixing is doubly stochastic, > 1 when the mixings amplify the residual).",
         "ablation Δloss: increase of the held-out loss when one stream is zeroed before the final norm; max and min "
         "over streams (a dominant stream shows as a large max and a near-zero min).",
     ],

@@ -105,6 +105,8 @@ def summary_metrics(report: dict) -> dict:
                 if "mix_identity_distance" in layer[b]]
         if dist:
             out["mix_identity_distance"] = sum(dist) / len(dist)
+        if "depth" in streams:
+            out["amax_gain"] = streams["depth"]["amax_gain"]
         if "ablation" in streams:
             inc = streams["ablation"]["loss_increase"]
             out["ablation_max"], out["ablation_min"] = max(inc), min(inc)
@@ -161,12 +163,14 @@ def result_path(out: Path, variant: str, seed: int) -> Path:
 
 
 def load_result(path: Path) -> dict:
-    """A result.json back as train_variant returned it (JSON turns the int layer keys into strings)."""
+    """A result.json back as train_variant returned it (JSON turns the int layer keys into strings). The
+    metrics are derived again from the stored report, so a metric added later applies to finished runs."""
     result = json.loads(path.read_text())
     report = result["report"]
     for section in ("experts", "domains"):
         if section in report and "layers" in report[section]:
             report[section]["layers"] = {int(k): v for k, v in report[section]["layers"].items()}
+    result["metrics"] = {"val_ppl": result["val_ppl"], **summary_metrics(report)}
     return result
 
 
