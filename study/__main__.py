@@ -1,4 +1,4 @@
-"""python -m hizoo.study {moe,streams} [--scale toy|cpu|gpu] [--seeds N] [--variants NAME ...] [--out DIR]
+"""python -m hizoo.study {moe,streams} [--scale toy|cpu|gpu] [--jobs N] [--seeds N] [--variants NAME ...] [--out DIR]
 
 moe:     dense (active-parameter matched), top-k softmax (OLMoE; renormalized as in Mixtral), group-limited
          with loss-free bias (DeepSeek-V3), Hi-MoE (reference grouping, k_g = 2; and without its intra-group
@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study", choices=sorted(STUDIES))
     parser.add_argument("--scale", choices=list(SCALES), default="cpu",
-                        help="model size, data and budget (default cpu: well under an hour on 2 cores)")
+                        help="model size, data and budget (default cpu: about 40 (moe) and 70 (streams) minutes of "
+                             "one-thread run time, divided by --jobs)")
     parser.add_argument("--seeds", type=int, help="number of seeds 0..N-1 (default: the scale's)")
     parser.add_argument("--steps", type=int, help="optimizer steps per run (default: the scale's)")
     parser.add_argument("--variants", nargs="+", metavar="NAME", help="a subset of the study's variants")
@@ -40,8 +41,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="corpus files (or one hf:NAME) instead of the embedded standard-library corpus")
     parser.add_argument("--out", help="output folder (default runs/study_<study>_<scale>)")
     parser.add_argument("--fresh", action="store_true", help="retrain runs already present in --out")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs trained at once, one thread each (on a CPU: up to the number of cores)")
     args = parser.parse_args(argv)
-    for name in ("seeds", "steps"):
+    for name in ("seeds", "steps", "jobs"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name} must be >= 1, got {value}")
@@ -57,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.data:
         source = args.data[0] if len(args.data) == 1 and args.data[0].startswith("hf:") else args.data
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # one line per run instead of Lightning's banner
-    results = run_study(variants, scale, seeds, out, source=source, steps=args.steps, fresh=args.fresh)
+    results = run_study(variants, scale, seeds, out, source=source, steps=args.steps, fresh=args.fresh,
+                        jobs=args.jobs)
 
     command = "python -m hizoo.study " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     (out / "results.json").write_text(json.dumps(results, default=str))

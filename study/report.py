@@ -120,18 +120,23 @@ def markdown(study: str, results: list[dict], command: str) -> str:
     return "\n".join(lines)
 
 
+def _style(i: int) -> dict:
+    """Line style of the i-th variant: ten colors, then the same colors dashed (studies have up to 20)."""
+    return {"color": plt.cm.tab10(i % 10), "ls": "-" if i < 10 else "--"}
+
+
 def curves_figure(results: list[dict]):
     """Validation perplexity against step, mean over seeds with a ±std band, one line per variant."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for name, runs in by_variant(results).items():
+    for i, (name, runs) in enumerate(by_variant(results).items()):
         steps = [s for s, _ in runs[0]["curve"]["val"]]
         if not steps:
             continue
         n = min(len(r["curve"]["val"]) for r in runs)
         ppl = np.exp(np.array([[ce for _, ce in r["curve"]["val"][:n]] for r in runs]))  # [seeds, points]
         mean, std = ppl.mean(axis=0), ppl.std(axis=0)
-        ax.plot(steps[:n], mean, marker="o", ms=3, label=name)
-        ax.fill_between(steps[:n], mean - std, mean + std, alpha=0.15)
+        ax.plot(steps[:n], mean, marker="o", ms=3, label=name, **_style(i))
+        ax.fill_between(steps[:n], mean - std, mean + std, alpha=0.15, color=_style(i)["color"])
     ax.set_xlabel("step")
     ax.set_ylabel("validation perplexity")
     ax.set_yscale("log")
@@ -155,16 +160,19 @@ def balance_figure(results: list[dict]):
 
 
 def stream_dominance_figure(results: list[dict]):
-    """Dominant stream share per layer (mean over seeds), one line per multi-stream variant."""
+    """Dominant stream share per layer (mean over seeds), one line per multi-stream variant: one color per
+    stream_init, solid for mHC, dashed for HC."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    n = None
+    n, colors = None, {}
     for name, runs in by_variant(results).items():
         if "streams" not in runs[0]["report"]:
             continue
         shares = np.array([[layer["dominant_share"] for layer in r["report"]["streams"]["layers"]] for r in runs])
         n = runs[0]["report"]["streams"]["n_streams"]
-        ax.plot(range(shares.shape[1]), shares.mean(axis=0), marker="o", ms=3,
-                ls="-" if name.startswith("mhc") else "--", label=name)
+        init = runs[0]["report"]["config"]["stream_init"]
+        color = colors.setdefault(init, plt.cm.tab10(len(colors) % 10))
+        ax.plot(range(shares.shape[1]), shares.mean(axis=0), marker="o", ms=3, color=color,
+                ls="--" if runs[0]["report"]["config"]["residual"] == "hc" else "-", label=name)
     if n:
         ax.axhline(1 / n, color="k", lw=0.8, ls=":", label=f"even (1/{n})")
     ax.set_xlabel("layer")

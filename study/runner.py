@@ -174,29 +174,57 @@ def load_result(path: Path) -> dict:
     return result
 
 
-def run_study(variants: list[Variant], scale: Scale, seeds: list[int], out: Path, source: str | list[str] | None = None,
-              steps: int | None = None, fresh: bool = False, log=print) -> list[dict]:
-    """Train every (variant, seed) not already done in ``out`` (all of them with ``fresh``); returns the results
-    in (variant, seed) order. ``source`` overrides the scale's corpus (local files or ``hf:NAME``)."""
-    out.mkdir(parents=True, exist_ok=True)
+def _datamodule(scale: Scale, out: Path, source: str | list[str] | None) -> HizooDataModule:
     data = dict(scale.data)
     if source is not None:
         data.update(source=source, max_files=None)
-    datamodule = HizooDataModule(**data, cache_dir=str(out / "cache"))
+    datamodule = HizooDataModule(**data, cache_dir=str(out / "cache"))  # the tokenizer is cached there
     datamodule.setup("fit")
-    results = []
-    todo = [(v, s) for v in variants for s in seeds]
-    for i, (variant, seed) in enumerate(todo, 1):
+    return datamodule
+
+
+def _train_in_worker(variant: Variant, scale: Scale, seed: int, out: Path, source, steps: int | None) -> None:
+    """One run in a worker process: one thread (the workers share the cores), its own data module."""
+    import logging
+
+    torch.set_num_threads(1)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    train_variant(variant, scale, seed, out, _datamodule(scale, out, source), steps)
+
+
+def run_study(variants: list[Variant], scale: Scale, seeds: list[int], out: Path, source: str | list[str] | None = None,
+              steps: int | None = None, fresh: bool = False, jobs: int = 1, log=print) -> list[dict]:
+    """Train every (variant, seed) not already done in ``out`` (all of them with ``fresh``); returns the results
+    in (variant, seed) order. ``source`` overrides the scale's corpus (local files or ``hf:NAME``). ``jobs`` > 1
+    trains that many runs at once in worker processes of one thread each (CPU scales: one job per core)."""
+    out.mkdir(parents=True, exist_ok=True)
+    datamodule = _datamodule(scale, out, source)  # trains the tokenizer once, before any worker starts
+    pairs = [(v, s) for v in variants for s in seeds]
+    todo = []
+    for variant, seed in pairs:
         path = result_path(out, variant.name, seed)
         if path.is_file() and not fresh:
-            result = load_result(path)
-            if result["steps"] == (steps or scale.steps):
-                results.append(result)
-                log(f"[{i}/{len(todo)}] {variant.name} seed {seed}: done before, val ppl {result['val_ppl']:.2f}")
+            prior = load_result(path)
+            if prior["steps"] == (steps or scale.steps):
+                log(f"{variant.name} seed {seed}: done before, val ppl {prior['val_ppl']:.2f}")
                 continue
-        train_variant(variant, scale, seed, out, datamodule, steps)
-        result = load_result(path)  # the same structure as a run done before
-        results.append(result)
-        log(f"[{i}/{len(todo)}] {variant.name} seed {seed}: val ppl {result['val_ppl']:.2f} "
-            f"({result['seconds']:.0f} s)")
-    return results
+        todo.append((variant, seed))
+
+    def done(i: int, variant: Variant, seed: int) -> None:
+        result = load_result(result_path(out, variant.name, seed))
+        log(f"[{i}/{len(todo)}] {variant.name} seed {seed}: val ppl {result['val_ppl']:.2f} ({result['seconds']:.0f} s)")
+
+    if jobs > 1 and len(todo) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_train_in_worker, v, scale, s, out, source, steps): (v, s) for v, s in todo}
+            for i, future in enumerate(as_completed(futures), 1):
+                future.result()  # a failed run raises here, with the worker's traceback
+                done(i, *futures[future])
+    else:
+        for i, (variant, seed) in enumerate(todo, 1):
+            train_variant(variant, scale, seed, out, datamodule, steps)
+            done(i, variant, seed)
+    return [load_result(result_path(out, v.name, s)) for v, s in pairs]

@@ -6,7 +6,7 @@ import pytest
 
 from hizoo.study import SCALES, moe_variants, stream_variants
 from hizoo.study.__main__ import main
-from hizoo.study.runner import parameter_counts, summary_metrics
+from hizoo.study.runner import load_result, parameter_counts, result_path, summary_metrics
 from hizoo.study.variants import select
 
 TOY = SCALES["toy"]
@@ -71,6 +71,15 @@ def test_study_reuses_finished_runs(moe_study, capsys):
     assert main(["moe", "--scale", "toy", "--out", str(moe_study), "--variants", "topk"]) == 0
     assert "done before" in capsys.readouterr().out
     assert (moe_study / "runs" / "topk" / "seed0" / "result.json").stat().st_mtime_ns == before
+
+
+def test_parallel_jobs_give_the_sequential_results(moe_study, tmp_path):
+    assert main(["moe", "--scale", "toy", "--out", str(tmp_path), "--variants", "dense", "himoe", "--jobs", "2"]) == 0
+    parallel = _results(tmp_path)
+    assert list(parallel) == ["dense", "himoe"]
+    for name in parallel:  # same seed, same data order; only the thread count differs
+        sequential = load_result(result_path(moe_study, name, 0))
+        assert parallel[name]["val_ppl"] == pytest.approx(sequential["val_ppl"], rel=1e-3)
 
 
 def test_streams_study_covers_every_init(streams_study):
