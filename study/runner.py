@@ -174,11 +174,12 @@ def load_result(path: Path) -> dict:
     return result
 
 
-def _datamodule(scale: Scale, out: Path, source: str | list[str] | None) -> HizooDataModule:
+def build_datamodule(scale: Scale, out: Path, source: str | list[str] | None) -> HizooDataModule:
+    """The scale's data module, set up (``source`` replaces its corpus; the tokenizer is cached in out/cache)."""
     data = dict(scale.data)
     if source is not None:
         data.update(source=source, max_files=None)
-    datamodule = HizooDataModule(**data, cache_dir=str(out / "cache"))  # the tokenizer is cached there
+    datamodule = HizooDataModule(**data, cache_dir=str(out / "cache"))
     datamodule.setup("fit")
     return datamodule
 
@@ -189,7 +190,7 @@ def _train_in_worker(variant: Variant, scale: Scale, seed: int, out: Path, sourc
 
     torch.set_num_threads(1)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    train_variant(variant, scale, seed, out, _datamodule(scale, out, source), steps)
+    train_variant(variant, scale, seed, out, build_datamodule(scale, out, source), steps)
 
 
 def run_study(variants: list[Variant], scale: Scale, seeds: list[int], out: Path, source: str | list[str] | None = None,
@@ -198,7 +199,7 @@ def run_study(variants: list[Variant], scale: Scale, seeds: list[int], out: Path
     in (variant, seed) order. ``source`` overrides the scale's corpus (local files or ``hf:NAME``). ``jobs`` > 1
     trains that many runs at once in worker processes of one thread each (CPU scales: one job per core)."""
     out.mkdir(parents=True, exist_ok=True)
-    datamodule = _datamodule(scale, out, source)  # trains the tokenizer once, before any worker starts
+    datamodule = build_datamodule(scale, out, source)  # trains the tokenizer once, before any worker starts
     pairs = [(v, s) for v in variants for s in seeds]
     todo = []
     for variant, seed in pairs:
