@@ -20,7 +20,8 @@ COLUMNS = {
     "streams": [("val_ppl", "val ppl"), ("dominant_share", "dominant share"),
                 ("dominant_share_max", "dominant share, worst layer"), ("effective_streams", "effective streams"),
                 ("stream_cosine", "stream cosine"), ("mix_identity_distance", "‖M − I‖_F"),
-                ("amax_gain", "Amax gain"), ("ablation_max", "ablation Δloss max"), ("ablation_min", "ablation Δloss min")],
+                ("amax_gain", "Amax gain"), ("ablation_max", "ablation Δloss max"),
+                ("ablation_min", "ablation Δloss min")],
 }
 REFERENCE = {"moe": "topk", "streams": "plain"}  # the variant the relative perplexity is measured against
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from statistics import fmean
 from pathlib import Path
 
 import lightning as L
@@ -88,23 +89,22 @@ def summary_metrics(report: dict) -> dict:
         out["cv"] = experts["mean_cv"]
         out["max_vio"] = experts["mean_max_vio"]
         if "group_cv" in layers[0]:
-            out["group_cv"] = sum(s["group_cv"] for s in layers) / len(layers)
-            out["within_group_collapse"] = sum(s["within_group_collapse"] for s in layers) / len(layers)
+            out["group_cv"] = fmean(s["group_cv"] for s in layers)
+            out["within_group_collapse"] = fmean(s["within_group_collapse"] for s in layers)
     domains = report.get("domains")
     if domains and domains["all_layers"]["specialization"]:
-        spec = domains["all_layers"]["specialization"]
-        out["specialization"] = sum(spec) / len(spec)
+        out["specialization"] = fmean(domains["all_layers"]["specialization"])
     streams = report.get("streams")
     if streams:
         layers = streams["layers"]
-        out["dominant_share"] = sum(layer["dominant_share"] for layer in layers) / len(layers)
+        out["dominant_share"] = fmean(layer["dominant_share"] for layer in layers)
         out["dominant_share_max"] = max(layer["dominant_share"] for layer in layers)
-        out["effective_streams"] = sum(layer["effective_streams"] for layer in layers) / len(layers)
-        out["stream_cosine"] = sum(layer["mean_cosine"] for layer in layers) / len(layers)
+        out["effective_streams"] = fmean(layer["effective_streams"] for layer in layers)
+        out["stream_cosine"] = fmean(layer["mean_cosine"] for layer in layers)
         dist = [layer[b]["mix_identity_distance"] for layer in layers for b in ("attn", "ffn")
                 if "mix_identity_distance" in layer[b]]
         if dist:
-            out["mix_identity_distance"] = sum(dist) / len(dist)
+            out["mix_identity_distance"] = fmean(dist)
         if "depth" in streams:
             out["amax_gain"] = streams["depth"]["amax_gain"]
         if "ablation" in streams:
@@ -117,9 +117,10 @@ def train_variant(variant: Variant, scale: Scale, seed: int, out: Path, datamodu
                   steps: int | None = None) -> dict:
     """Train ``variant`` at ``scale`` from ``seed`` (model init and data order) and measure it.
 
-    Returns (and writes to ``out/runs/<variant>/seed<seed>/result.json``) {"variant", "label", "seed",
-    "tokens", "params", "active_params", "val_ce", "val_ppl", "curve": {"val": [[step, ce]], "train": …},
-    "metrics": summary_metrics, "report": the full diagnostics report, "seconds"}."""
+    Writes ``out/runs/<variant>/seed<seed>/result.json`` and returns it as ``load_result`` reads it:
+    {"variant", "label", "seed", "tokens", "params", "active_params", "val_ce", "val_ppl",
+    "curve": {"val": [[step, ce]], "train": …}, "report": the full diagnostics report, "seconds",
+    "metrics": summary_metrics of the report}."""
     steps = steps or scale.steps
     start = time.perf_counter()
     L.seed_everything(seed, verbose=False)
@@ -149,13 +150,12 @@ def train_variant(variant: Variant, scale: Scale, seed: int, out: Path, datamodu
         "variant": variant.name, "label": variant.label, "seed": seed, "scale": scale.name, "steps": steps,
         "tokens": steps * datamodule.batch_size * datamodule.seq_len, "params": params, "active_params": active,
         "val_ce": val_ce, "val_ppl": math.exp(val_ce), "curve": {"val": curves.val, "train": curves.train},
-        "metrics": {"val_ppl": math.exp(val_ce), **summary_metrics(report)}, "report": report,
-        "seconds": time.perf_counter() - start,
+        "report": report, "seconds": time.perf_counter() - start,
     }
     path = result_path(out, variant.name, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, default=str))
-    return result
+    return load_result(path)
 
 
 def result_path(out: Path, variant: str, seed: int) -> Path:
@@ -212,7 +212,7 @@ def run_study(variants: list[Variant], scale: Scale, seeds: list[int], out: Path
         todo.append((variant, seed))
 
     def done(i: int, variant: Variant, seed: int) -> None:
-        result = load_result(result_path(out, variant.name, seed))
+        result = load_result(result_path(out, variant.name, seed))  # a worker's result is only on disk
         log(f"[{i}/{len(todo)}] {variant.name} seed {seed}: val ppl {result['val_ppl']:.2f} ({result['seconds']:.0f} s)")
 
     if jobs > 1 and len(todo) > 1:
