@@ -2,51 +2,34 @@
 
     python train.py                                   # configs/quickstart.yaml
     python train.py fit --config configs/X.yaml       # any config; every LightningCLI override works
-    python train.py fit --config configs/X.yaml --ckpt_path last    # resume from the last checkpoint
+    python train.py fit --config configs/X.yaml --ckpt_path last    # continue the run after a stop or crash
 
-At the end of ``fit`` the model is exported as a Hugging Face directory (config, safetensors, tokenizer)
-next to the TensorBoard logs, loadable with ``AutoModelForCausalLM`` after ``import hizoo``.
+A run is one folder, ``trainer.default_root_dir`` (``runs/<config>``): TensorBoard logs, ``config.yaml``,
+``checkpoints/last.ckpt`` and, at the end of ``fit``, the model exported as a Hugging Face directory
+``hf_model/`` (config, safetensors, tokenizer), loadable with ``AutoModelForCausalLM`` after ``import hizoo``.
+SIGTERM/SIGUSR1 save a checkpoint and exit with status 128 + signal (see ``hizoo.training.cli``).
 """
 
 import sys
 from pathlib import Path
 
-import torch
-from lightning.pytorch.cli import LightningCLI
-
 from hizoo.data import HizooDataModule
 from hizoo.models.lightning import HizooLightningModule
+from hizoo.training.cli import HizooCLI
+from hizoo.training.run_folder import RunFolderInUse
 
 QUICKSTART = Path(__file__).resolve().parent / "configs" / "quickstart.yaml"
 
 
-def export(cli: LightningCLI) -> Path:
-    log_dir = Path(cli.trainer.log_dir or cli.trainer.default_root_dir)
-    out = log_dir / "hf_model"
-    cli.model.model.save_pretrained(out)
-    cli.datamodule.tokenizer.save_pretrained(out)
-    return out
-
-
-def main(args: list[str] | None = None, trainer_defaults: dict | None = None) -> None:
+def main(args: list[str] | None = None, trainer_defaults: dict | None = None) -> HizooCLI:
     """``args`` as on the command line; ``trainer_defaults`` as LightningCLI's (e.g. extra callbacks)."""
-    args = sys.argv[1:] if args is None else args
-    if not args:
+    if args is None and not sys.argv[1:]:
         args = ["fit", "--config", str(QUICKSTART)]
-    cli = LightningCLI(HizooLightningModule, HizooDataModule, args=args, trainer_defaults=trainer_defaults,
-                       save_config_kwargs={"overwrite": True})
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()  # a live gloo/NCCL group aborts the interpreter at exit
-    if cli.subcommand != "fit" or cli.trainer.interrupted or not cli.trainer.is_global_zero:
-        return
-    out = export(cli)
-    ppl = cli.trainer.callback_metrics.get("val/ppl")
-    print(f"\nTensorBoard logs: {cli.trainer.log_dir}   (tensorboard --logdir {Path(cli.trainer.log_dir).parent})")
-    print(f"exported Hugging Face model: {out}")
-    if ppl is not None:
-        print(f"validation perplexity: {float(ppl):.2f}")
+    return HizooCLI(HizooLightningModule, HizooDataModule, args=args, trainer_defaults=trainer_defaults)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except RunFolderInUse as err:  # a usage error: the message says what to do, a traceback would only hide it
+        sys.exit(f"hizoo: {err}")

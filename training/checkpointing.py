@@ -1,0 +1,181 @@
+"""Checkpoints that survive: atomic writes in the run's own folder, safe loads with errors that name the file,
+``last.ckpt`` at the final step, and a checkpoint when the scheduler says stop (SIGTERM, SIGUSR1).
+
+- ``AtomicCheckpointIO`` (a Lightning CheckpointIO plugin): a checkpoint is written to a temporary file in
+  the same directory, flushed and fsync'ed, then renamed over the target with ``os.replace`` (atomic on one
+  filesystem) and the directory entry fsync'ed. A process killed mid-write leaves the previous file whole
+  and at most a ``*.partial`` temporary, which the next run in that folder removes. Loads always use
+  ``torch.load(weights_only=True)``: a checkpoint cannot run code.
+- ``RunCheckpoint`` (a ``ModelCheckpoint``): writes into ``<run folder>/checkpoints`` unless told otherwise,
+  keeps ``last.ckpt`` (also at the final step, whatever ``every_n_train_steps``), and on SIGTERM/SIGUSR1
+  saves ``last.ckpt`` at the step where Lightning stopped; the CLI then exits with status 128 + signal.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import tempfile
+import threading
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+PARTIAL_SUFFIX = ".partial"  # temporary files of unfinished writes: ".<name>.<random>.partial"
+
+
+class CheckpointReadError(ValueError):
+    """A checkpoint file that cannot be read: truncated, not a checkpoint, or holding objects a safe load refuses."""
+
+
+def is_remote(path: str | Path) -> bool:
+    return "://" in str(path)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` so that ``path`` is always either its previous content or the complete new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a power loss
+    finally:
+        os.close(directory)
+
+
+def safe_torch_load(path: str | Path, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` with one clear error type for every way a file can be bad."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist" if not path.exists() else
+                                f"checkpoint {path} is not a file")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointReadError(f"checkpoint {path} is empty (0 bytes): an interrupted write; use an earlier "
+                                  "checkpoint")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's text here advises an unsafe load; name what was refused instead
+        refused = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line or "Unsupported" in line),
+                       "an object that is not a tensor, number, string or container")
+        raise CheckpointReadError(
+            f"checkpoint {path} holds Python objects that a safe load (weights_only=True) refuses ({refused}); "
+            "hizoo never loads checkpoints in a way that can run code from them") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointReadError(
+            f"checkpoint {path} ({size} bytes) cannot be read: truncated or not a PyTorch checkpoint "
+            f"({type(err).__name__}: {first_line})") from None
+
+
+def remove_partial_writes(directory: str | Path) -> list[Path]:
+    """Delete the temporaries of writes that were killed before they finished; returns what was removed."""
+    directory = Path(directory)
+    if is_remote(directory) or not directory.is_dir():
+        return []
+    removed = []
+    for tmp in directory.glob(f".*{PARTIAL_SUFFIX}"):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's TorchCheckpointIO with atomic local writes and safe loads (see the module docstring).
+    Remote paths (``s3://`` ...) are handed to Lightning's own implementation for writing."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        if is_remote(path):
+            return super().save_checkpoint(checkpoint, path)
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
+        if weights_only is False:
+            raise ValueError(f"loading {path} with weights_only=False is refused: hizoo checkpoints hold only "
+                             "tensors and plain data, and an unsafe load could run code from the file")
+        if is_remote(path):
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        return safe_torch_load(path, map_location=map_location if map_location is not None else "cpu")
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` for hizoo runs (arguments as Lightning's; ``save_last`` defaults to True).
+
+    - ``dirpath`` None: ``<trainer.default_root_dir>/checkpoints`` (the CLI sets it before ``--ckpt_path last``
+      is looked up, so the next start of the same command finds the run's ``last.ckpt``).
+    - ``last.ckpt`` is also written when training ends at a step no periodic save fell on.
+    - SIGTERM and SIGUSR1 (what schedulers send before they stop a job; SIGUSR1 is left to Lightning's
+      SLURM requeue handler where that is active): Lightning finishes the current batch and stops, and this
+      callback saves ``last.ckpt`` at that step. ``stop_signal`` records which signal it was.
+    - Temporaries of checkpoint writes that were killed (``*.partial``) are removed when a run starts.
+    """
+
+    def __init__(self, *args, save_last: bool | str | None = True, **kwargs):
+        super().__init__(*args, save_last=save_last, **kwargs)
+        self.stop_signal: int | None = None
+        self.stop_checkpoint: str | None = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.dirpath is None:
+            self.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
+        super().setup(trainer, pl_module, stage)
+        if trainer.is_global_zero:
+            remove_partial_writes(self.dirpath)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._install_stop_signals()
+
+    def _install_stop_signals(self) -> None:
+        """Record SIGTERM/SIGUSR1 and hand them to Lightning's SIGTERM handling (stop after this batch).
+        Lightning restores the previous handlers when fit ends."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        lightning_sigterm = signal.getsignal(signal.SIGTERM)
+
+        def on_stop_signal(signum, frame):
+            self.stop_signal = self.stop_signal or signum
+            if callable(lightning_sigterm):
+                lightning_sigterm(signum, frame)
+
+        signal.signal(signal.SIGTERM, on_stop_signal)
+        # Under SLURM with auto-requeue Lightning owns SIGUSR1 (checkpoint + requeue); elsewhere its default
+        # action would kill the process with nothing saved.
+        if hasattr(signal, "SIGUSR1") and signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
+            slurm = SLURMEnvironment.detect() and SLURMEnvironment().auto_requeue
+            if not slurm:
+                signal.signal(signal.SIGUSR1, on_stop_signal)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        super().on_exception(trainer, pl_module, exception)
+        if not isinstance(exception, SIGTERMException) or trainer.sanity_checking:
+            return
+        self.stop_signal = self.stop_signal or signal.SIGTERM
+        if self._last_global_step_saved != trainer.global_step or not self.last_model_path:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self.stop_checkpoint = self.last_model_path
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        super().on_train_end(trainer, pl_module)
+        if self.save_last and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
