@@ -125,8 +125,8 @@ class RunCheckpoint(ModelCheckpoint):
       is looked up, so the next start of the same command finds the run's ``last.ckpt``).
     - ``last.ckpt`` is also written when training ends at a step no periodic save fell on.
     - SIGTERM and SIGUSR1 (what schedulers send before they stop a job; SIGUSR1 is left to Lightning's
-      SLURM requeue handler where that is active): Lightning finishes the current batch and stops, and this
-      callback saves ``last.ckpt`` at that step. ``stop_signal`` records which signal it was.
+      SLURM requeue handler where that is active): training stops at the end of the current optimizer step,
+      on every rank, with ``last.ckpt`` saved at that step. ``stop_signal`` records which signal it was.
     - Temporaries of checkpoint writes that were killed (``*.partial``) are removed when a run starts.
     """
 
@@ -144,36 +144,72 @@ class RunCheckpoint(ModelCheckpoint):
 
     def on_train_start(self, trainer, pl_module) -> None:
         super().on_train_start(trainer, pl_module)
+        self._requested_stop = 0  # the signal this process received, 0 for none
+        self._checked_step = trainer.global_step
         self._install_stop_signals()
 
     def _install_stop_signals(self) -> None:
-        """Record SIGTERM/SIGUSR1 and hand them to Lightning's SIGTERM handling (stop after this batch).
+        """SIGTERM and SIGUSR1 only record that a stop was asked for; the stop happens at the end of the next
+        optimizer step, on every rank at once (see ``on_train_batch_end``). This replaces Lightning's SIGTERM
+        handler, which runs a collective inside the signal handler and so can pair it with another rank's
+        gradient or buffer collective under DDP (seen: gloo "Connection closed by peer" on a 2-process run).
         Lightning restores the previous handlers when fit ends."""
         if threading.current_thread() is not threading.main_thread():
             return
-        lightning_sigterm = signal.getsignal(signal.SIGTERM)
 
         def on_stop_signal(signum, frame):
-            self.stop_signal = self.stop_signal or signum
-            if callable(lightning_sigterm):
-                lightning_sigterm(signum, frame)
+            self._requested_stop = self._requested_stop or int(signum)
 
         signal.signal(signal.SIGTERM, on_stop_signal)
         # Under SLURM with auto-requeue Lightning owns SIGUSR1 (checkpoint + requeue); elsewhere its default
         # action would kill the process with nothing saved.
         if hasattr(signal, "SIGUSR1") and signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
-            slurm = SLURMEnvironment.detect() and SLURMEnvironment().auto_requeue
-            if not slurm:
+            if not (SLURMEnvironment.detect() and SLURMEnvironment().auto_requeue):
                 signal.signal(signal.SIGUSR1, on_stop_signal)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if trainer.global_step == self._checked_step:  # inside an accumulation window: no step to stop after
+            return
+        self._checked_step = trainer.global_step
+        signum = self._agreed_stop_signal(trainer)
+        if signum:
+            self.stop_signal = signum
+            if self._last_global_step_saved != trainer.global_step or not self.last_model_path:
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            self.stop_checkpoint = self.last_model_path
+            # Stop right after Lightning has logged this step's metrics: before a validation or the next batch.
+            self._stop_pending = True
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        super().on_validation_start(trainer, pl_module)
+        self._stop_if_pending()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        self._stop_if_pending()
+
+    def _stop_if_pending(self) -> None:
+        if getattr(self, "_stop_pending", False):
+            self._stop_pending = False
+            raise SIGTERMException()
+
+    def _agreed_stop_signal(self, trainer) -> int:
+        """The stop signal any rank received (one tiny all-reduce per optimizer step under DDP), else 0."""
+        flag = torch.tensor([self._requested_stop], device=trainer.strategy.root_device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and trainer.world_size > 1:
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return int(flag.item())
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)
-        if not isinstance(exception, SIGTERMException) or trainer.sanity_checking:
+        if self.stop_signal or not isinstance(exception, SIGTERMException) or trainer.sanity_checking:
             return
-        self.stop_signal = self.stop_signal or signal.SIGTERM
-        if self._last_global_step_saved != trainer.global_step or not self.last_model_path:
+        # Lightning's own SIGTERM path (a signal before training started): save where it stopped
+        self.stop_signal = signal.SIGTERM
+        if self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-        self.stop_checkpoint = self.last_model_path
+        self.stop_checkpoint = self.last_model_path or None
 
     def on_train_end(self, trainer, pl_module) -> None:
         super().on_train_end(trainer, pl_module)
