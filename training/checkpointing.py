@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import signal
 import tempfile
 import threading
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -73,12 +75,13 @@ def safe_torch_load(path: str | Path, map_location: Any = "cpu") -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        # torch's text here advises an unsafe load; name what was refused instead
-        refused = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line or "Unsupported" in line),
-                       "an object that is not a tensor, number, string or container")
-        raise CheckpointReadError(
-            f"checkpoint {path} holds Python objects that a safe load (weights_only=True) refuses ({refused}); "
-            "hizoo never loads checkpoints in a way that can run code from them") from None
+        refused = re.search(r"Unsupported global: GLOBAL [\w.]+", str(err))
+        if refused:  # torch's text here advises an unsafe load; say what was refused instead
+            raise CheckpointReadError(
+                f"checkpoint {path} holds Python objects that a safe load (weights_only=True) refuses "
+                f"({refused.group(0)}); hizoo never loads a checkpoint in a way that can run code from it") from None
+        raise CheckpointReadError(f"checkpoint {path} ({size} bytes) cannot be read: truncated or not a PyTorch "
+                                  "checkpoint (the unpickler found data it does not know)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointReadError(
@@ -138,7 +141,9 @@ class RunCheckpoint(ModelCheckpoint):
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self.dirpath is None:
             self.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
-        super().setup(trainer, pl_module, stage)
+        with warnings.catch_warnings():  # a resumed run's folder holds checkpoints by design (fresh starts there
+            warnings.filterwarnings("ignore", message=".*exists and is not empty")  # are refused by the CLI)
+            super().setup(trainer, pl_module, stage)
         if trainer.is_global_zero:
             remove_partial_writes(self.dirpath)
 
