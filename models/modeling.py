@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import Tensor, nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
@@ -23,6 +24,7 @@ from transformers.modeling_outputs import MoeCausalLMOutputWithPast, MoeModelOut
 from ..kernels import GroupedExperts
 from ..routing import Router, RoutingResult
 from .configuration import HizooConfig
+from .files import check_loaded_keys, unreadable_safetensors
 from .hyper_connections import ResidualStreams, StreamExpansion, reduce_streams
 from .mlp import SwiGLU
 from .moe import MoEFeedForward
@@ -136,6 +138,36 @@ class HizooPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["HizooBlock"]
     _supports_sdpa = True
     _can_compile_fullgraph = False
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, strict: bool = True, **kwargs):
+        """transformers' ``from_pretrained``, strict about the weights: a weight the model needs that the files do
+        not hold (it would start random), a weight in the files the model has no place for, or one of another
+        shape raises ``ValueError`` listing them, e.g. when the config's ``num_hidden_layers`` or ``residual`` no
+        longer match the saved weights. The tied ``lm_head`` and non-persistent buffers are not weights the files
+        must hold. ``strict=False`` restores transformers' behaviour (a load report, missing weights freshly
+        initialized); ``ignore_mismatched_sizes=True`` allows shape mismatches only; ``output_loading_info=True``
+        still returns ``(model, loading_info)``."""
+        wants_info = kwargs.pop("output_loading_info", False)
+        allow_mismatched = kwargs.pop("ignore_mismatched_sizes", False)
+        try:  # mismatches come back in the loading info (and are raised below) instead of as transformers' error
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, output_loading_info=True,
+                ignore_mismatched_sizes=True if strict else allow_mismatched, **kwargs)
+        except SafetensorError as err:
+            raise ValueError(f"{unreadable_safetensors(pretrained_model_name_or_path)} ({err})") from err
+        if strict:
+            model.check_loaded_keys(info["missing_keys"], info["unexpected_keys"],
+                                    () if allow_mismatched else info["mismatched_keys"], pretrained_model_name_or_path)
+        return (model, info) if wants_info else model
+
+    def check_loaded_keys(self, missing, unexpected, mismatched, source, hint: str | None = None) -> None:
+        """Raise ``ValueError`` naming ``source`` when a load left weights ``missing`` (names the model needs),
+        ``unexpected`` (names the files hold) or ``mismatched`` ((name, shape in the files, shape in the model));
+        ``hint`` replaces the closing advice. A missing ``lm_head.weight`` is fine when it is tied to the
+        embedding. (``models/files.py``)"""
+        tied = set(self._tied_weights_keys or {}) if self.config.tie_word_embeddings else set()
+        check_loaded_keys(self, set(missing) - tied, unexpected, mismatched, source, hint)
 
     def _init_weights(self, module: nn.Module) -> None:
         """Initialize every parameter: Linear/Embedding N(0, initializer_range²), norms 1, experts and routers
