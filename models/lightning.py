@@ -10,6 +10,7 @@ import lightning as L
 import torch
 
 from .configuration import HizooConfig
+from .files import load_torch_file
 from .modeling import HizooForCausalLM
 from .moe import update_router_states
 
@@ -115,25 +116,37 @@ def training_flops_per_token(config: HizooConfig, seq_len: int | None = None) ->
     return 6.0 * active + 6.0 * L * seq_len * d
 
 
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
 def load_model_from_checkpoint(path: str | Path) -> HizooForCausalLM:
-    """A HizooForCausalLM from a Lightning ``.ckpt`` (written by HizooLightningModule) or an exported HF directory."""
+    """A HizooForCausalLM from a Lightning ``.ckpt`` (written by HizooLightningModule) or an exported HF directory.
+
+    The ``.ckpt`` is read with ``torch.load(weights_only=True)`` (``models/files.py``): a file holding pickled
+    objects beyond tensors and plain containers is refused without running them. Missing, truncated or foreign
+    files, and weights that do not match their config (missing, unexpected or of another shape), raise an error
+    that names the file; nothing is ever left at random initialization."""
     path = Path(path)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} has no config.json: not an exported hizoo model directory")
-        return HizooForCausalLM.from_pretrained(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from err
+        if not any((path / name).is_file() for name in _WEIGHT_FILES):
+            raise FileNotFoundError(
+                f"{path} has a config.json but no weights ({' or '.join(_WEIGHT_FILES[:2])}): an incomplete export")
+        return HizooForCausalLM.from_pretrained(path)  # strict: mismatched weights raise (HizooPreTrainedModel)
+    checkpoint = load_torch_file(path, "checkpoint")
     if not isinstance(checkpoint, dict) or "hizoo_config" not in checkpoint or "state_dict" not in checkpoint:
         raise ValueError(f"checkpoint {path} has no 'hizoo_config'/'state_dict': not written by HizooLightningModule")
-    model = HizooForCausalLM(HizooConfig(**checkpoint["hizoo_config"]))
+    try:
+        config = HizooConfig(**checkpoint["hizoo_config"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"checkpoint {path} holds an invalid hizoo_config: {err}") from err
+    model = HizooForCausalLM(config)
     state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    expected = model.state_dict()
+    mismatched = [(k, tuple(v.shape), tuple(expected[k].shape)) for k, v in state.items()
+                  if k in expected and torch.is_tensor(v) and v.shape != expected[k].shape]
+    model.check_loaded_keys([], [], mismatched, f"checkpoint {path}")
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not (model.config.tie_word_embeddings and k == "lm_head.weight")]
-    if missing or unexpected:
-        raise ValueError(f"checkpoint {path} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.check_loaded_keys(missing, unexpected, [], f"checkpoint {path}")
     return model
