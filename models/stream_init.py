@@ -68,12 +68,13 @@ class StreamExpansion(nn.Module):
       with ‖H_s‖ = ‖x‖, ‖Σ_s H_s‖ ≤ Σ_s ‖H_s‖ = n‖x‖ with equality only if every H_s is the same vector
       (triangle inequality). Exactly, for any streams of norm ‖x‖,
         ‖Σ_s H_s‖² = n‖x‖²·(1 + (n − 1)·ρ̄),  ρ̄ = mean over stream pairs s ≠ s' of cos(H_s, H_s'),
-      so the sum's norm is fixed by how much the streams differ; here ρ̄ = (n cos²θ − 1)/(n − 1)
-      (0.947 for n = 4, θ = 0.2; ``lss`` at d = 128 gives about 0.96 while scaling both norms by 0.6).
+      so the sum's norm is fixed by how much the streams differ; here ρ̄ = (c² − n)/(n(n − 1)), for even n
+      (n cos²θ − 1)/(n − 1) (0.947 for n = 4, θ = 0.2; ``lss`` at d = 128 gives about 0.96 while scaling
+      both norms by 0.6).
       Keeping the sum exact instead (H_s/cos θ) would grow every stream by 1/cos θ; hizoo keeps the
       per-stream norm exact, since it sets the embedding's weight against the branch outputs added to
       each stream, and under the default ``stream_reduce="norm_sum"`` the output Σ_s norm(H_s) =
-      c·norm(x) at the expansion either way.
+      c·norm(x) at the expansion either way (up to the norm's eps).
     """
 
     def __init__(self, config: HizooConfig):
