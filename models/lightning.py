@@ -13,17 +13,23 @@ from .configuration import HizooConfig
 from .files import load_torch_file
 from .modeling import HizooForCausalLM
 from .moe import update_router_states
+from .weight_decay import WEIGHT_DECAY_RULES, parameter_groups
 
 
 class HizooLightningModule(L.LightningModule):
     """``model_config``: HizooConfig fields (``vocab_size`` is taken from the data module's tokenizer when one is
-    attached). AdamW decays only weight matrices (≥2-D) outside the residual-stream connections; norms, biases,
-    router scales and HC/mHC coefficients are not decayed."""
+    attached). ``weight_decay_rule`` says which parameters AdamW decays (models/weight_decay.py): "reference"
+    (default) every parameter whose counterpart in the official codes is ≥ 2-D, their nanoGPT rule (weight
+    matrices, embeddings, HC/mHC static logits and projections, LSS scales, Hi-MoE expert scales), "matrices"
+    only ≥ 2-D parameters outside the residual-stream connections and the stream expansion."""
 
     def __init__(self, model_config: dict[str, int | float | bool | str | None] | None = None, lr: float = 1e-3, weight_decay: float = 0.1,
                  betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 20, min_lr_ratio: float = 0.1,
-                 peak_tflops: float | None = None):
+                 peak_tflops: float | None = None, weight_decay_rule: str = "reference"):
         super().__init__()
+        if weight_decay_rule not in WEIGHT_DECAY_RULES:
+            raise ValueError(f"weight_decay_rule={weight_decay_rule!r} is not allowed; choose one of "
+                             f"{', '.join(map(repr, WEIGHT_DECAY_RULES))}")
         self.save_hyperparameters()
         self.model_config = dict(model_config or {})
         self.model: HizooForCausalLM | None = None
@@ -76,13 +82,8 @@ class HizooLightningModule(L.LightningModule):
             self.log("val/ppl", torch.exp(ce), prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            in_connection = "_conn." in name or ".expand." in name
-            (decay if p.ndim >= 2 and not in_connection else no_decay).append(p)
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.hparams.lr, betas=self.hparams.betas)
+        groups = parameter_groups(self.model, self.hparams.weight_decay, self.hparams.weight_decay_rule)
+        optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr, betas=self.hparams.betas)
         total = max(self.trainer.estimated_stepping_batches, 1)
         warmup, floor = self.hparams.warmup_steps, self.hparams.min_lr_ratio
 

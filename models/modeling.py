@@ -1,6 +1,7 @@
 """The hizoo causal language model, top to bottom.
 
-token ids -> embedding -> expand into n residual streams -> L blocks -> reduce streams -> RMSNorm -> lm_head
+token ids -> embedding -> expand into n residual streams -> L blocks -> final RMSNorm and reduction of the
+streams (Σ_s norm(H_s), or norm(Σ_s H_s) with ``stream_reduce="sum_norm"``) -> lm_head
 
 Each block has two branches, attention and feed-forward (dense SwiGLU or MoE), each behind its own
 residual connection (``models/hyper_connections.py``; with ``residual="none"`` that is the plain
@@ -215,7 +216,9 @@ def build_attention_mask(attention_mask: Tensor | None, q_len: int, past_len: in
 @dataclass
 class HizooModelOutput(MoeModelOutputWithPast):
     """``routing``: per-layer RoutingResult (None for dense layers); ``diagnostics``: per-layer dicts with the
-    streams after the block and each connection's context, for ``hizoo.analysis``."""
+    streams after the block and each connection's context, for ``hizoo.analysis``. ``hidden_states``: the
+    residual entering each layer summed over streams (Σ_s H_s; un-normalized, as a plain model's residual x),
+    then ``last_hidden_state``, the reduced output lm_head reads (``reduce_streams``)."""
 
     routing: tuple[RoutingResult | None, ...] | None = None
     diagnostics: tuple[dict, ...] | None = None
@@ -288,13 +291,13 @@ class HizooModel(HizooPreTrainedModel):
         streams = self.expand(inputs_embeds)  # [B, S, n, d]
         all_hidden, routing, diagnostics = [], [], []
         for layer in self.layers:
-            if output_hidden_states:
-                all_hidden.append(reduce_streams(streams))
+            if output_hidden_states:  # the residual entering each layer: Σ_s H_s (n = 1: the plain model's x)
+                all_hidden.append(streams.sum(dim=-2))
             streams, layer_routing, ctx = layer(streams, cos, sin, mask, cache=cache)
             routing.append(layer_routing)
             if output_diagnostics:
                 diagnostics.append({**ctx, "streams": streams})
-        hidden = self.norm(reduce_streams(streams))  # [B, S, d]
+        hidden = reduce_streams(streams, self.norm, self.config.stream_reduce)  # [B, S, d], what lm_head reads
         if output_hidden_states:
             all_hidden.append(hidden)
         return HizooModelOutput(
