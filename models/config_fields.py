@@ -13,61 +13,67 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
+import textwrap
 import typing
 from collections.abc import Mapping
+
+from transformers import PreTrainedConfig
 
 from .configuration import FIELD_CHOICES, HizooConfig, config_field_types, unknown_field_message
 
 _FIELD_LINE = re.compile(r"^\s{4}(\w+)\s*:[^=]+=[^#]*(?:#\s*(.*))?$")
 
 
-def _field_help() -> dict[str, str]:
-    """Each field's comment in HizooConfig's source: its trailing comment, else the comment block right above it."""
-    try:
-        lines = inspect.getsource(HizooConfig).splitlines()
-    except (OSError, TypeError):  # no source (frozen or zipped install): fields keep their type and default only
-        return {}
-    helps, block = {}, []
-    for line in lines:
-        stripped = line.strip()
-        if stripped.startswith("#") and not stripped.startswith("# ---"):
-            block.append(stripped.lstrip("#").strip())
+def _field_help(config_class: type) -> dict[str, str]:
+    """Each field's comment in the class sources: its trailing comment, else the comment block right above it."""
+    helps = {}
+    for klass in reversed(config_class.__mro__[: config_class.__mro__.index(PreTrainedConfig)]):
+        try:
+            lines = textwrap.dedent(inspect.getsource(klass)).splitlines()
+        except (OSError, TypeError):  # no source (frozen or zipped install): fields keep their type and default
             continue
-        match = _FIELD_LINE.match(line)
-        if match and (match.group(2) or block):
-            helps[match.group(1)] = match.group(2) or " ".join(block)
         block = []
+        for line in lines:
+            stripped = line.strip()
+            if stripped.startswith("#") and not stripped.startswith("# ---"):
+                block.append(stripped.lstrip("#").strip())
+                continue
+            match = _FIELD_LINE.match(line)
+            if match and (match.group(2) or block):
+                helps[match.group(1)] = match.group(2) or " ".join(block)
+            block = []
     return helps
 
 
-def _validate(self) -> None:
-    HizooConfig(**dataclasses.asdict(self))  # ValueError naming the field, the value and what is allowed
-
-
-def _build() -> type:
-    types = config_field_types(HizooConfig)
-    defaults = {f.name: f for f in dataclasses.fields(HizooConfig)}
+def fields_dataclass(config_class: type, name: str) -> type:
+    """A frozen dataclass with ``config_class``'s own fields (types, defaults, help); constructing it validates
+    the values by constructing ``config_class``."""
+    types = config_field_types(config_class)
+    defaults = {f.name: f for f in dataclasses.fields(config_class)}
     spec = []
-    for name, hint in types.items():
-        if name in FIELD_CHOICES:
-            choice = typing.Literal[FIELD_CHOICES[name]]
+    for field_name, hint in types.items():
+        if field_name in FIELD_CHOICES:
+            choice = typing.Literal[FIELD_CHOICES[field_name]]
             hint = choice | None if type(None) in typing.get_args(hint) else choice
-        field = defaults[name]
+        field = defaults[field_name]
         if field.default_factory is not dataclasses.MISSING:
-            spec.append((name, hint, dataclasses.field(default_factory=field.default_factory)))
+            spec.append((field_name, hint, dataclasses.field(default_factory=field.default_factory)))
         else:
-            spec.append((name, hint, dataclasses.field(default=field.default)))
-    cls = dataclasses.make_dataclass("HizooConfigFields", spec, frozen=True, kw_only=True,
-                                     namespace={"__post_init__": _validate})
+            spec.append((field_name, hint, dataclasses.field(default=field.default)))
+
+    def validate(self) -> None:
+        config_class(**dataclasses.asdict(self))  # ValueError naming the field, the value and what is allowed
+
+    cls = dataclasses.make_dataclass(name, spec, frozen=True, kw_only=True, namespace={"__post_init__": validate})
     cls.__module__ = __name__
-    helps = _field_help()
-    cls.__doc__ = ("HizooConfig's fields (models/configuration.py); vocab_size is replaced by the tokenizer's size "
-                   "when a data module is attached.\n\nArgs:\n"
-                   + "".join(f"    {name}: {helps[name]}\n" for name in types if name in helps))
+    helps = _field_help(config_class)
+    cls.__doc__ = (f"{config_class.__name__}'s fields; vocab_size is replaced by the tokenizer's size when a data "
+                   "module is attached.\n\nArgs:\n"
+                   + "".join(f"    {field}: {helps[field]}\n" for field in types if field in helps))
     return cls
 
 
-HizooConfigFields = _build()
+HizooConfigFields = fields_dataclass(HizooConfig, "HizooConfigFields")
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(HizooConfigFields))
 
 

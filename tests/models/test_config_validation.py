@@ -169,3 +169,27 @@ def test_model_config_dict_validates_and_completes():
         HizooConfigFields(n_streams=0)
     with pytest.raises(TypeError, match="model_config=5 must be a mapping"):
         model_config_dict(5)
+
+
+def test_a_field_added_to_the_config_appears_in_the_typed_config():
+    """What happens when a field is added to HizooConfig: here to a subclass, with a choice and a comment."""
+    from hizoo.models.config_fields import fields_dataclass
+
+    class Extended(HizooConfig):
+        stream_start_seed: int = 0  # seed of the random start streams
+        stream_reduce: str = "norm_sum"
+
+    try:
+        FIELD_CHOICES["stream_reduce"] = ("norm_sum", "sum_norm")
+        fields_class = fields_dataclass(Extended, "ExtendedFields")
+    finally:
+        del FIELD_CHOICES["stream_reduce"]
+    fields = {f.name: f for f in dataclasses.fields(fields_class)}
+    assert fields_class.__name__ == "ExtendedFields"
+    assert fields["stream_start_seed"].type is int and fields["stream_start_seed"].default == 0
+    assert fields["stream_reduce"].type.__args__ == ("norm_sum", "sum_norm")
+    assert "stream_start_seed: seed of the random start streams" in fields_class.__doc__
+    with pytest.raises(ValueError, match=r"stream_start_seed='1' \(str\) must be an integer"):
+        fields_class(stream_start_seed="1")
+    with pytest.raises(ValueError, match=r"Extended has no field 'stream_reduc' \(did you mean 'stream_reduce'\?\)"):
+        Extended(stream_reduc="sum_norm")
