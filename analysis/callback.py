@@ -34,7 +34,7 @@ class DiagnosticsCallback(pl.Callback):
         super().__init__()
         for name, value in (("scalars_every_n_steps", scalars_every_n_steps),
                             ("figures_every_n_steps", figures_every_n_steps), ("max_sequences", max_sequences)):
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"DiagnosticsCallback: {name} must be a positive int, got {value!r}")
         self.scalars_every_n_steps = scalars_every_n_steps
         self.figures_every_n_steps = figures_every_n_steps
