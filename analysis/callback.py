@@ -11,7 +11,8 @@ steps, so the cost is one small forward per N steps. Measured on 2 CPU threads (
 6 layers, d=256, batch 8×256): a training step 1.03 s, a scalars collection 0.16 s, a figures collection (with
 ablation and rendering) 0.75 s, i.e. 0.5% of training time at the defaults N=50, M=500 and 2.3% at N=10, M=100.
 The per-token mixing metrics add about 4 ms of CPU time per collection on the quickstart model (4×128 tokens,
-8 connections: 29.5 -> 37.5 ms, of which the forward is 25 ms).
+8 connections, one thread: ``stream_metrics`` 1.3 -> 5.0 ms, a whole collection ≈ 31 -> 35 ms, of which the
+diagnostics forward is ≈ 23 ms).
 
 ``experts/layerI/max_vio_accumulated`` is MaxVio of the expert counts summed over all collected batches since
 the start of the run (the balance over time, which a single batch's MaxVio overstates).
