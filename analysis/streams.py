@@ -109,7 +109,8 @@ def branch_metrics(ctx: dict, exact: frozenset[str] = frozenset(), sinkhorn: boo
 
     ``exact``: axes ("row", "column") whose sums are 1 by construction (``mixing.exact_axes``): their sums and
     Amax gain are left out. ``sinkhorn``: the logits feed Sinkhorn (mHC), so the share of spreads above 30 is
-    reported; None infers it from the logits having the mix's shape.
+    reported; None infers it from the logits having the mix's shape (a ctx without a mix needs it to read
+    [.., n, n] logits).
 
     Token-mean keys (the coefficients averaged over tokens first): "read", "write", "mix" and their
     "…_concentration", "mix_identity_distance", "mix_off_diagonal_mass". Per-token keys (each token's value,
@@ -138,7 +139,8 @@ def branch_metrics(ctx: dict, exact: frozenset[str] = frozenset(), sinkhorn: boo
             out[f"mix_amax_{AXIS_GAIN[axis]}"] = float(g.mean())
             out[f"mix_amax_{AXIS_GAIN[axis]}_max"] = float(g.max())
     if "mix_logits" in ctx:
-        square = "mix" in ctx and ctx["mix_logits"].shape == ctx["mix"].shape
+        # mHC's [.., n, n] logits or mHC-lite's [.., n!]: told apart by the mix's shape, else by ``sinkhorn``
+        square = ctx["mix_logits"].shape == ctx["mix"].shape if "mix" in ctx else bool(sinkhorn)
         spreads = logit_spreads(ctx["mix_logits"], 2 if square else 1)
         out["mix_logit_spread"] = float(spreads.mean())
         out["mix_logit_spread_max"] = float(spreads.max())

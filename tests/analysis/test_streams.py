@@ -60,10 +60,11 @@ def test_mixing_metrics():
 
 def test_logit_spread_per_token_mean():
     logits = torch.zeros(1, 2, 2, 2)
-    logits[0, 0] = torch.tensor([[0.0, -8.0], [-8.0, 0.0]])  # spread 8
-    logits[0, 1] = torch.tensor([[1.0, -1.0], [-1.0, 1.0]])  # spread 2
-    out = branch_metrics({"mix_logits": logits})
+    logits[0, 0] = torch.tensor([[0.0, 0.0], [-8.0, -8.0]])  # spread 8 over the matrix (0 within each row)
+    logits[0, 1] = torch.tensor([[1.0, 1.0], [-1.0, -1.0]])  # spread 2
+    out = branch_metrics({"mix_logits": logits}, sinkhorn=True)
     assert out["mix_logit_spread"] == pytest.approx(5.0) and out["mix_logit_spread_max"] == pytest.approx(8.0)
+    assert out["mix_logit_spread_above_30"] == 0.0
     lite = branch_metrics({"mix": torch.eye(3), "mix_logits": torch.tensor([[0.0, -8.0, -8.0, -8.0, -8.0, -8.0]])})
     assert lite["mix_logit_spread"] == pytest.approx(8.0)
     assert "mix_logit_spread_above_30" not in lite  # permutation logits do not feed Sinkhorn
