@@ -127,7 +127,7 @@ class HizooConfig(PreTrainedConfig):
     # --- residual streams (hyper-connections; models/hyper_connections.py) ---
     residual: str = "none"  # none | hc (Zhu et al. 2024) | mhc (DeepSeek 2025) | mhc_lite (permutation mixture)
     n_streams: int = 1
-    hc_dynamic: bool = False  # hc only: add the token-dependent terms s ⊙ tanh(norm(H) W); mhc is always dynamic
+    hc_dynamic: bool = True  # hc only: the token-dependent terms s ⊙ tanh(norm(H) W) (Eqs. 10-13; the official stream-collapse HC is always dynamic); False: static HC. mhc is always dynamic
     stream_init: str = "copy"  # copy | lss | rotate | split | perturb | balanced_rotate (models/stream_init.py)
     stream_init_angle: float = 0.2  # θ of stream_init="balanced_rotate", radians in (0, π/2)
     # output: Σ_s norm(H_s) (norm_sum, the official stream-collapse model) | norm(Σ_s H_s) (sum_norm); n = 1: norm(H)
