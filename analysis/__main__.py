@@ -9,13 +9,13 @@ source file tokenized with that tokenizer, else random token ids (the summary sa
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 import torch
 
+from ..models.files import atomic_write_json, atomic_write_text, save_figure
 from .loading import load_model
 from .plots import figures
 from .report import collect, summarize
@@ -28,6 +28,15 @@ def _tokenizer(path: Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(directory)
+
+
+def _read_text(path: Path, parser: argparse.ArgumentParser) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        parser.error(f"--data {path} is not UTF-8 text (byte {err.start})")
+    except OSError as err:
+        parser.error(f"--data {path} cannot be read: {err.strerror or err}")
 
 
 def held_out_ids(tokenizer, texts: dict[str, str] | None, vocab_size: int, num_seqs: int, seq_len: int,
@@ -75,12 +84,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     path = Path(args.model)
-    model = load_model(path)
+    try:  # a missing, corrupt, unsafe or mismatched model is the user's input: a message, not a traceback
+        model = load_model(path)
+    except (OSError, ValueError) as err:
+        parser.error(f"cannot load {path}: {err}")
     model.eval()
     seq_len = min(args.seq_len, getattr(model.config, "max_position_embeddings", args.seq_len))
-    texts = {Path(f).name: Path(f).read_text() for f in args.data} if args.data else None
-    input_ids, domain_ids, domain_names, source = held_out_ids(
-        _tokenizer(path), texts, model.config.vocab_size, args.num_seqs, seq_len)
+    texts = {Path(f).name: _read_text(Path(f), parser) for f in args.data} if args.data else None
+    try:
+        input_ids, domain_ids, domain_names, source = held_out_ids(
+            _tokenizer(path), texts, model.config.vocab_size, args.num_seqs, seq_len)
+    except ValueError as err:
+        parser.error(str(err))
 
     report = collect(model, input_ids, domain_ids, domain_names, ablation=not args.no_ablation)
     report["data"] = source
@@ -90,15 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     written = []
     import matplotlib.pyplot as plt
 
-    for name, fig in figures(report).items():
+    for name, fig in figures(report).items():  # every file written atomically: a kill leaves no half file
         file = out / (name.replace("/", "_") + ".png")
-        fig.savefig(file, dpi=110)
+        save_figure(fig, file, dpi=110)
         plt.close(fig)
         written.append(file.name)
     report["figures"] = written
-    (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    atomic_write_json(out / "report.json", report, indent=1, default=str)
     lines = [f"data: {source}"] + summarize(report)
-    (out / "summary.txt").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "summary.txt", "\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {len(written)} figures, report.json and summary.txt to {out}{os.sep}")
     return 0

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..models.stream_init import reduce_streams
+
 
 def norm_shares(streams: Tensor, eps: float = 1e-12) -> Tensor:
     """streams [..., n, d] -> per-stream norm share [n]: mean over tokens of ‖H_j‖ / Σ_k ‖H_k‖ (sums to 1)."""
@@ -174,15 +176,18 @@ def stream_ablation(model, streams: Tensor, input_ids: Tensor) -> dict:
     """Loss increase when one stream is zeroed at the reduction.
 
     streams [B, S, n, d]: the last layer's output streams; input_ids [B, S] give the next-token targets.
-    The model reduces by summing streams, then applies ``model.model.norm`` and ``model.lm_head``; here the
-    sum skips stream j. Returns {"base_loss", "loss_increase": [n]} (CE in nats, no aux losses).
+    The model reduces them with ``reduce_streams`` (its ``stream_reduce``: Σ_s norm(H_s) by default) before
+    ``model.lm_head``; here stream j is zeroed before that reduction, which under ``norm_sum`` removes its
+    normalized contribution (norm(0) = 0). Returns {"base_loss", "loss_increase": [n]} (CE in nats, no aux
+    losses).
     """
     n = streams.shape[-2]
     targets = input_ids[:, 1:].flatten()
+    how = getattr(model.config, "stream_reduce", "sum_norm")
 
     def loss_of(mask: Tensor) -> float:
-        hidden = (streams * mask.view(1, 1, n, 1).to(streams.dtype)).sum(dim=-2)  # [B, S, d]
-        logits = model.lm_head(model.model.norm(hidden))[:, :-1]  # [B, S-1, V]
+        masked = streams * mask.view(1, 1, n, 1).to(streams.dtype)  # [B, S, n, d]
+        logits = model.lm_head(reduce_streams(masked, model.model.norm, how))[:, :-1]  # [B, S-1, V]
         return float(F.cross_entropy(logits.flatten(0, 1).float(), targets))
 
     base = loss_of(torch.ones(n, device=streams.device))

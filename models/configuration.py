@@ -7,13 +7,17 @@ and what is allowed.
 
 from __future__ import annotations
 
+import math
+
 from transformers import PreTrainedConfig
 
 FFN_KINDS = ("dense", "moe")
 ROUTERS = ("topk", "group_limited", "himoe")
 EXPERTS_BACKENDS = ("auto", "triton", "grouped_mm", "eager")
 RESIDUALS = ("none", "hc", "mhc", "mhc_lite")
-STREAM_INITS = ("copy", "lss", "rotate", "split", "perturb")
+STREAM_INITS = ("copy", "lss", "rotate", "split", "perturb", "balanced_rotate")
+STREAM_REDUCES = ("norm_sum", "sum_norm")
+STREAM_STARTS = ("random", "cyclic")
 HIMOE_REG_SOURCES = ("raw", "selection", "corrected")
 HIMOE_REG_FORMS = ("square", "entropy")
 HIMOE_GROUP_MASS = ("dense", "sparse")
@@ -108,7 +112,14 @@ class HizooConfig(PreTrainedConfig):
     residual: str = "none"  # none | hc (Zhu et al. 2024) | mhc (DeepSeek 2025) | mhc_lite (permutation mixture)
     n_streams: int = 1
     hc_dynamic: bool = False  # hc only: add the token-dependent terms s ⊙ tanh(norm(H) W); mhc is always dynamic
-    stream_init: str = "copy"  # copy | lss | rotate | split | perturb (models/stream_init.py)
+    stream_init: str = "copy"  # copy | lss | rotate | split | perturb | balanced_rotate (models/stream_init.py)
+    stream_init_angle: float = 0.2  # θ of stream_init="balanced_rotate", radians in (0, π/2)
+    # output: Σ_s norm(H_s) (norm_sum, the official stream-collapse model) | norm(Σ_s H_s) (sum_norm); n = 1: norm(H)
+    stream_reduce: str = "norm_sum"
+    # the stream each connection reads (and, for mHC, writes) at init: random (as the official code; drawn from
+    # stream_start_seed, reproducibly per connection) | cyclic ((2·layer + branch) mod n)
+    stream_start: str = "random"
+    stream_start_seed: int = 0
     mhc_sinkhorn_iters: int = 20
     mhc_alpha_init: float = 0.01  # α_pre = α_post = α_res at init
     hc_recompute: bool = False  # recompute each connection's coefficients and mixing in backward
@@ -242,6 +253,13 @@ class HizooConfig(PreTrainedConfig):
     def _validate_residual(self) -> None:
         _check_choice(self, "residual", RESIDUALS)
         _check_choice(self, "stream_init", STREAM_INITS)
+        _check_choice(self, "stream_reduce", STREAM_REDUCES)
+        _check_choice(self, "stream_start", STREAM_STARTS)
+        _check_nonnegative_int(self, "stream_start_seed")
+        angle = self.stream_init_angle
+        if isinstance(angle, bool) or not isinstance(angle, (int, float)) or not 0.0 < angle < math.pi / 2:
+            raise ValueError(f"stream_init_angle={angle!r} must be a number in (0, π/2) radians: the balanced rotation "
+                             f"keeps Σ_s H_s = n·cos(θ)·x, which needs cos θ > 0 and θ ≠ 0 to break the symmetry")
         _check_positive_int(self, "n_streams")
         _check_positive_int(self, "mhc_sinkhorn_iters")
         _check_positive(self, "mhc_alpha_init")
@@ -250,6 +268,9 @@ class HizooConfig(PreTrainedConfig):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be True or False")
         if self.stream_init == "rotate" and self.hidden_size < 2:
             raise ValueError(f"stream_init='rotate' rotates channel pairs; hidden_size={self.hidden_size} must be >= 2")
+        if self.stream_init == "balanced_rotate" and self.hidden_size % 2:
+            raise ValueError(f"stream_init='balanced_rotate' rotates every channel in pairs; hidden_size="
+                             f"{self.hidden_size} must be even")
         if self.residual == "none" and self.n_streams != 1:
             raise ValueError(f"n_streams={self.n_streams} needs residual='hc', 'mhc' or 'mhc_lite'; residual='none' has 1")
         if self.residual in ("mhc", "mhc_lite") and self.n_streams < 2:

@@ -10,19 +10,26 @@ import lightning as L
 import torch
 
 from .configuration import HizooConfig
+from .files import load_torch_file
 from .modeling import HizooForCausalLM
 from .moe import update_router_states
+from .weight_decay import WEIGHT_DECAY_RULES, parameter_groups
 
 
 class HizooLightningModule(L.LightningModule):
     """``model_config``: HizooConfig fields (``vocab_size`` is taken from the data module's tokenizer when one is
-    attached). AdamW decays only weight matrices (≥2-D) outside the residual-stream connections; norms, biases,
-    router scales and HC/mHC coefficients are not decayed."""
+    attached). ``weight_decay_rule`` says which parameters AdamW decays (models/weight_decay.py): "reference"
+    (default) every parameter whose counterpart in the official codes is ≥ 2-D, their nanoGPT rule (weight
+    matrices, embeddings, HC/mHC static logits and projections, LSS scales, Hi-MoE expert scales), "matrices"
+    only ≥ 2-D parameters outside the residual-stream connections and the stream expansion."""
 
     def __init__(self, model_config: dict[str, int | float | bool | str | None] | None = None, lr: float = 1e-3, weight_decay: float = 0.1,
                  betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 20, min_lr_ratio: float = 0.1,
-                 peak_tflops: float | None = None):
+                 peak_tflops: float | None = None, weight_decay_rule: str = "reference"):
         super().__init__()
+        if weight_decay_rule not in WEIGHT_DECAY_RULES:
+            raise ValueError(f"weight_decay_rule={weight_decay_rule!r} is not allowed; choose one of "
+                             f"{', '.join(map(repr, WEIGHT_DECAY_RULES))}")
         self.save_hyperparameters()
         self.model_config = dict(model_config or {})
         self.model: HizooForCausalLM | None = None
@@ -75,13 +82,8 @@ class HizooLightningModule(L.LightningModule):
             self.log("val/ppl", torch.exp(ce), prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            in_connection = "_conn." in name or ".expand." in name
-            (decay if p.ndim >= 2 and not in_connection else no_decay).append(p)
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.hparams.lr, betas=self.hparams.betas)
+        groups = parameter_groups(self.model, self.hparams.weight_decay, self.hparams.weight_decay_rule)
+        optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr, betas=self.hparams.betas)
         total = max(self.trainer.estimated_stepping_batches, 1)
         warmup, floor = self.hparams.warmup_steps, self.hparams.min_lr_ratio
 
@@ -115,25 +117,37 @@ def training_flops_per_token(config: HizooConfig, seq_len: int | None = None) ->
     return 6.0 * active + 6.0 * L * seq_len * d
 
 
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
 def load_model_from_checkpoint(path: str | Path) -> HizooForCausalLM:
-    """A HizooForCausalLM from a Lightning ``.ckpt`` (written by HizooLightningModule) or an exported HF directory."""
+    """A HizooForCausalLM from a Lightning ``.ckpt`` (written by HizooLightningModule) or an exported HF directory.
+
+    The ``.ckpt`` is read with ``torch.load(weights_only=True)`` (``models/files.py``): a file holding pickled
+    objects beyond tensors and plain containers is refused without running them. Missing, truncated or foreign
+    files, and weights that do not match their config (missing, unexpected or of another shape), raise an error
+    that names the file; nothing is ever left at random initialization."""
     path = Path(path)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} has no config.json: not an exported hizoo model directory")
-        return HizooForCausalLM.from_pretrained(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from err
+        if not any((path / name).is_file() for name in _WEIGHT_FILES):
+            raise FileNotFoundError(
+                f"{path} has a config.json but no weights ({' or '.join(_WEIGHT_FILES[:2])}): an incomplete export")
+        return HizooForCausalLM.from_pretrained(path)  # strict: mismatched weights raise (HizooPreTrainedModel)
+    checkpoint = load_torch_file(path, "checkpoint")
     if not isinstance(checkpoint, dict) or "hizoo_config" not in checkpoint or "state_dict" not in checkpoint:
         raise ValueError(f"checkpoint {path} has no 'hizoo_config'/'state_dict': not written by HizooLightningModule")
-    model = HizooForCausalLM(HizooConfig(**checkpoint["hizoo_config"]))
+    try:
+        config = HizooConfig(**checkpoint["hizoo_config"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"checkpoint {path} holds an invalid hizoo_config: {err}") from err
+    model = HizooForCausalLM(config)
     state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    expected = model.state_dict()
+    mismatched = [(k, tuple(v.shape), tuple(expected[k].shape)) for k, v in state.items()
+                  if k in expected and torch.is_tensor(v) and v.shape != expected[k].shape]
+    model.check_loaded_keys([], [], mismatched, f"checkpoint {path}")
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not (model.config.tie_word_embeddings and k == "lm_head.weight")]
-    if missing or unexpected:
-        raise ValueError(f"checkpoint {path} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.check_loaded_keys(missing, unexpected, [], f"checkpoint {path}")
     return model

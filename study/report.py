@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..analysis.plots import figures as diagnostic_figures  # noqa: E402
+from ..models.files import atomic_write_text, save_figure  # noqa: E402
 
 # (metric key, column title); a column is left out when no run has the metric
 COLUMNS = {
@@ -190,16 +191,16 @@ def write(study: str, results: list[dict], out: Path, command: str) -> Path:
     study_figures["balance" if study == "moe" else "stream_dominance"] = (
         balance_figure(results) if study == "moe" else stream_dominance_figure(results))
     for name, fig in study_figures.items():
-        fig.savefig(out / f"{name}.png", dpi=110)
+        save_figure(fig, out / f"{name}.png", dpi=110)
         plt.close(fig)
     (out / "figures").mkdir(exist_ok=True)
     for name, runs in by_variant(results).items():
         first = min(runs, key=lambda r: r["seed"])
         for tag, fig in diagnostic_figures(first["report"]).items():
-            fig.savefig(out / "figures" / f"{name}_{tag.replace('/', '_')}.png", dpi=110)
+            save_figure(fig, out / "figures" / f"{name}_{tag.replace('/', '_')}.png", dpi=110)
             plt.close(fig)
     page = out / "results.md"
-    page.write_text(markdown(study, results, command))
+    atomic_write_text(page, markdown(study, results, command))
     from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(out / "tensorboard" / "study") as writer:  # the table in TensorBoard's text tab

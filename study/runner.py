@@ -1,13 +1,12 @@
 """Train one (variant, seed) of a study with Lightning and measure it on held-out data.
 
-Each run writes ``runs/<variant>/seed<k>/result.json`` under the study folder and logs to TensorBoard under
-``tensorboard/<variant>/seed<k>``; a study that is started again skips the runs whose result is there, so an
-interrupted study continues where it stopped.
+Each run writes ``runs/<variant>/seed<k>/result.json`` (atomically) under the study folder and logs to
+TensorBoard under ``tensorboard/<variant>/seed<k>``; a study that is started again skips the runs whose result
+is there, so an interrupted study continues where it stopped.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from statistics import fmean
@@ -21,6 +20,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from ..analysis.callback import DiagnosticsCallback
 from ..analysis.report import collect
 from ..data import HizooDataModule
+from ..models.files import atomic_write_json, read_json
 from ..models.lightning import HizooLightningModule
 from .variants import Scale, Variant
 
@@ -154,8 +154,15 @@ def train_variant(variant: Variant, scale: Scale, seed: int, out: Path, datamodu
     }
     path = result_path(out, variant.name, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, default=str))
+    atomic_write_json(path, result, default=str)  # a kill mid-write leaves no truncated result.json
     return load_result(path)
+
+
+class CorruptResultError(ValueError):
+    """A run's result.json exists but cannot be used; the message names the file and how to recover."""
+
+
+_RESULT_FIELDS = ("variant", "seed", "steps", "val_ppl", "report")
 
 
 def result_path(out: Path, variant: str, seed: int) -> Path:
@@ -164,8 +171,20 @@ def result_path(out: Path, variant: str, seed: int) -> Path:
 
 def load_result(path: Path) -> dict:
     """A result.json back as train_variant returned it (JSON turns the int layer keys into strings). The
-    metrics are derived again from the stored report, so a metric added later applies to finished runs."""
-    result = json.loads(path.read_text())
+    metrics are derived again from the stored report, so a metric added later applies to finished runs.
+
+    A file that cannot be read (truncated, corrupt, or without the fields train_variant writes) raises
+    ``CorruptResultError`` naming it and how to recover."""
+    recover = "delete it to train that run again, or start the study with --fresh to retrain every run"
+    try:
+        result = read_json(path, recover=recover)
+    except OSError as err:
+        raise CorruptResultError(f"{path} cannot be read ({err.strerror or err}); {recover}") from err
+    except ValueError as err:
+        raise CorruptResultError(str(err)) from err
+    missing = [key for key in _RESULT_FIELDS if not isinstance(result, dict) or key not in result]
+    if missing:
+        raise CorruptResultError(f"{path} is not a complete run result (no {', '.join(missing)}); {recover}")
     report = result["report"]
     for section in ("experts", "domains"):
         if section in report and "layers" in report[section]:

@@ -4,7 +4,7 @@ Every variant of a study shares the scale's transformer, data, token budget and 
 under study change. In the MoE study every routed variant has the same experts (E, K, expert width), hence
 the same total and active parameters; the dense baseline matches the active parameters (its FFN width is
 K × the expert width). In the streams study every variant has the same dense FFN model; only the residual
-(plain, HC, mHC) and the stream initialization change.
+(plain, HC, mHC, mHC-lite) and the stream initialization change.
 """
 
 from __future__ import annotations
@@ -107,13 +107,21 @@ def moe_variants(scale: Scale) -> list[Variant]:
     ]
 
 
+MHC_LITE_INITS = ("copy", "lss", "balanced_rotate")  # the stream-collapse paper's setting, its LSS, hizoo's control
+
+
 def stream_variants(scale: Scale) -> list[Variant]:
-    """Plain residual, then HC (dynamic, as in the HC paper's main results) and mHC with every stream_init:
-    ``copy`` is the symmetric baseline, the others break the symmetry between streams."""
+    """Plain residual, then HC (dynamic, as in the HC paper's main results) and mHC with every stream_init, and
+    mHC-lite (the stream-collapse paper's headline residual, where its code wires LSS) with ``copy``, ``lss`` and
+    ``balanced_rotate``: ``copy`` is the symmetric baseline, the others break the symmetry between streams
+    (``balanced_rotate`` without changing the embedding's norm in any stream, the control for ``lss``'s 0.6
+    scale)."""
     n = scale.n_streams
     out = [Variant("plain", "plain residual", dict(residual="none", n_streams=1))]
-    for residual, label, extra in (("hc", "HC", dict(hc_dynamic=True)), ("mhc", "mHC", {})):
-        for init in STREAM_INITS:
+    for residual, label, extra, inits in (("hc", "HC", dict(hc_dynamic=True), STREAM_INITS),
+                                          ("mhc", "mHC", {}, STREAM_INITS),
+                                          ("mhc_lite", "mHC-lite", {}, MHC_LITE_INITS)):
+        for init in inits:
             out.append(Variant(f"{residual}_{init}", f"{label} n={n}, {init}",
                                dict(residual=residual, n_streams=n, stream_init=init, **extra)))
     return out

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from hizoo.models.configuration import STREAM_INITS
 from hizoo.study import SCALES, moe_variants, stream_variants
 from hizoo.study.__main__ import main
 from hizoo.study.runner import load_result, parameter_counts, result_path, summary_metrics
@@ -86,7 +87,9 @@ def test_streams_study_covers_every_init(streams_study):
     variants = stream_variants(TOY)
     results = _results(streams_study)
     assert list(results) == [v.name for v in variants]
-    assert {v.model.get("stream_init") for v in variants[1:]} == {"copy", "lss", "rotate", "split", "perturb"}
+    assert {v.model.get("stream_init") for v in variants[1:]} == set(STREAM_INITS)
+    lite = [v.model["stream_init"] for v in variants if v.model.get("residual") == "mhc_lite"]
+    assert lite == ["copy", "lss", "balanced_rotate"]
     page = (streams_study / "results.md").read_text()
     assert all(v.label in page for v in variants)
     assert (streams_study / "stream_dominance.png").stat().st_size > 1000
