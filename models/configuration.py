@@ -25,9 +25,12 @@ RESIDUALS = ("none", "hc", "mhc", "mhc_lite")
 STREAM_INITS = ("copy", "lss", "rotate", "split", "perturb", "balanced_rotate")
 STREAM_REDUCES = ("norm_sum", "sum_norm")
 STREAM_STARTS = ("random", "cyclic")
-HIMOE_REG_SOURCES = ("raw", "corrected")
+HIMOE_REG_SOURCES = ("raw", "selection", "corrected")
 HIMOE_REG_FORMS = ("square", "entropy")
 HIMOE_GROUP_MASS = ("dense", "sparse")
+CAPACITY_RULES = ("reference", "ceil")  # routing/base.py expert_capacity
+CAPACITY_PRIORITIES = ("slot", "token")  # routing/base.py apply_capacity
+INIT_SCHEMES = ("normal", "switch")  # models/modeling.py HizooPreTrainedModel._init_weights
 
 # Fields whose value is one of a fixed set of names. Validation checks them; the typed LightningCLI config
 # (models/config_fields.py) shows them as Literal choices, so a typo fails at parse time. Register a new choice
@@ -44,6 +47,9 @@ FIELD_CHOICES: dict[str, tuple[str, ...]] = {
     "stream_init": STREAM_INITS,
     "stream_reduce": STREAM_REDUCES,
     "stream_start": STREAM_STARTS,
+    "capacity_rule": CAPACITY_RULES,
+    "capacity_priority": CAPACITY_PRIORITIES,
+    "init_scheme": INIT_SCHEMES,
 }
 
 # Float fields for which +inf is a meaningful value (every other float field must be finite; NaN never is).
@@ -82,6 +88,10 @@ class HizooConfig(PreTrainedConfig):
     attention_bias: bool = False
     attention_dropout: float = 0.0
     initializer_range: float = 0.02
+    # normal: N(0, initializer_range²) everywhere | switch: the Hi-MoE reference's use_switch_tfm_init (truncated
+    # normal, std √(switch_init_scale / fan_in), at ±2 std; see HizooPreTrainedModel._init_weights)
+    init_scheme: str = "normal"
+    switch_init_scale: float = 0.1
     tie_word_embeddings: bool = False
     use_cache: bool = True
     pad_token_id: int | None = None
@@ -102,11 +112,15 @@ class HizooConfig(PreTrainedConfig):
     routed_scaling_factor: float = 1.0
     router_aux_loss_coef: float = 0.01
     router_z_loss_coef: float = 0.001
-    router_init_std: float | None = None  # None: initializer_range
+    router_init_std: float | None = None  # a std (not a Switch scale); None: the init_scheme's rule for the router
     router_global_balance: bool = False  # load-balance statistics over the global batch
     router_bias_update_rate: float = 1e-3  # loss-free balancing step γ (group_limited)
     seq_aux_loss_coef: float = 0.0  # DeepSeek-V3 sequence-wise balance loss α (group_limited)
-    capacity_factor: float | None = None  # None: dropless
+    capacity_factor: float | None = None  # training forwards; None: dropless
+    eval_capacity_factor: float | None = None  # eval forwards; None: the same as capacity_factor
+    capacity_rule: str = "reference"  # reference: floor(K·cf·T/E) rounded up to even, >= min_capacity | ceil
+    min_capacity: int = 4  # the reference rule's lower bound on an expert's capacity
+    capacity_priority: str = "slot"  # slot: all first choices before second choices (reference) | token
     experts_backend: str = "auto"
     output_router_logits: bool = False
 
@@ -183,6 +197,7 @@ class HizooConfig(PreTrainedConfig):
         _check_positive(self, "rope_theta")
         _check_positive(self, "rms_norm_eps")
         _check_positive(self, "initializer_range")
+        _check_positive(self, "switch_init_scale")
         if not 0.0 <= self.attention_dropout < 1.0:
             raise ValueError(f"attention_dropout={self.attention_dropout} must be in [0, 1)")
         for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
@@ -207,8 +222,11 @@ class HizooConfig(PreTrainedConfig):
             raise ValueError(f"himoe_ema_beta={self.himoe_ema_beta} must be in [0, 1)")
         if self.router_global_balance and self.router != "topk":
             raise ValueError(f"router_global_balance=True is implemented for router='topk' only; got router={self.router!r}")
-        if self.capacity_factor is not None and self.capacity_factor <= 0:
-            raise ValueError(f"capacity_factor={self.capacity_factor} must be None (dropless) or a number > 0")
+        for name, none_means in (("capacity_factor", "dropless"), ("eval_capacity_factor", "use capacity_factor")):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name}={value!r} must be None ({none_means}) or a number > 0")
+        _check_nonnegative_int(self, "min_capacity")
         if self.ffn == "dense":
             return
         if self.num_dense_layers > self.num_hidden_layers:

@@ -102,6 +102,6 @@ def test_drop_rate_comes_from_the_capacity_limited_router():
         num_experts=4, num_experts_per_tok=2, moe_intermediate_size=8, experts_backend="eager",
         capacity_factor=0.5)).eval()
     report = collect(model, torch.randint(0, 48, (2, 8)))
-    # capacity ceil(0.5 · 16 · 2 / 4) = 4 pairs per expert: at most 16 of the 32 pairs are kept
+    # capacity floor(2 · 0.5 · 16 / 4) = 4 pairs per expert (even, >= 4): at most 16 of the 32 pairs are kept
     assert report["experts"]["layers"][0]["drop_rate"] >= 0.5
     assert any("capacity drops" in line for line in summarize(report))
