@@ -63,7 +63,10 @@ def config_from_olmoe(olmoe_config, **overrides) -> HizooConfig:
         num_experts_per_tok=olmoe_config.num_experts_per_tok,
         norm_topk_prob=olmoe_config.norm_topk_prob,
         router_aux_loss_coef=olmoe_config.router_aux_loss_coef,
-        router_z_loss_coef=0.001,  # OLMoE trained with z-loss 0.001 (paper, Table 11)
+        # transformers' OlmoeForCausalLM computes no z-loss, so neither does the converted model: its loss and
+        # load-balancing value equal transformers'. OLMoE itself trained with z-loss 0.001 (paper, Table 11):
+        # pass router_z_loss_coef=0.001 to continue training that way.
+        router_z_loss_coef=0.0,
     )
     kwargs.update(overrides)
     return HizooConfig(**kwargs)

@@ -117,8 +117,11 @@ def _feed_forward(c) -> str:
         text += f", plus {c.num_shared_experts} shared expert(s)"
     if c.num_dense_layers:
         text += f"; the first {c.num_dense_layers} layer(s) dense SwiGLU of size {c.intermediate_size}"
-    if c.capacity_factor is not None:
-        text += f"; capacity factor {c.capacity_factor:g}"
+    evaluation = c.eval_capacity_factor if c.eval_capacity_factor is not None else c.capacity_factor
+    if c.capacity_factor is not None or evaluation is not None:  # tokens over an expert's capacity are dropped
+        def factor(value):
+            return "dropless" if value is None else f"capacity factor {value:g}"
+        text += f"; {factor(c.capacity_factor)} in training, {factor(evaluation)} in eval and generation"
     return text + f"; experts backend `{c.experts_backend}`"
 
 

@@ -77,6 +77,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=bias)
+        self.o_proj.writes_residual = True  # depth-scaled init under init_scheme="switch" (_init_weights)
         self.q_norm = RMSNorm(self.n_heads * self.head_dim, config.rms_norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(self.n_kv_heads * self.head_dim, config.rms_norm_eps) if config.qk_norm else None
 
@@ -183,18 +184,65 @@ class HizooPreTrainedModel(PreTrainedModel):
         check_loaded_keys(self, set(missing) - tied, unexpected, mismatched, source, hint)
 
     def _init_weights(self, module: nn.Module) -> None:
-        """Initialize every parameter: Linear/Embedding N(0, initializer_range²), norms 1, experts and routers
-        below; modules with parameters of their own (hyper-connections) define ``reset_parameters``."""
-        std = self.config.initializer_range
+        """Initialize every parameter; ``config.init_scheme`` picks the rule for the weight matrices.
+
+        ``"normal"``: Linear, Embedding and expert weights N(0, initializer_range²); the router
+        N(0, router_init_std²) when that is set.
+
+        ``"switch"``: the Hi-MoE reference's initialization with ``use_switch_tfm_init`` (its ``GPT.__init__`` and
+        ``_init_weights``; Switch Transformer, Sec. 2.3, scale s = ``switch_init_scale``):
+          - every Linear (q/k/v, dense and shared-expert gate/up, lm_head), the router and the experts' ``w13``:
+            truncated normal with σ = √(s / fan_in), cut at ±2σ (fan_in = the input width, d for the router);
+          - the projections that write into the residual stream (attention ``o_proj``, ``down_proj``, the
+            experts' ``w2``): N(0, (initializer_range / √(2L))²), the GPT-2 scaled init the reference gives its
+            ``c_proj`` weights after the Switch init;
+          - the token embedding: N(0, initializer_range²) as the reference's ``nn.Embedding``, or, when tied to
+            lm_head (the reference ties them, and lm_head's init is applied last), lm_head's Switch init.
+          ``router_init_std``, when set, still overrides the router's init.
+
+        Both schemes: norms 1; router buffers and scales, and the hyper-connection coefficients, by their
+        modules' ``reset_parameters``. The residual projections carry ``writes_residual = True`` (set where they
+        are built): transformers skips modules without parameters of their own, so a parent cannot re-init them.
+        """
+        config = self.config
+        std = config.initializer_range
+        switch = config.init_scheme == "switch"
+        residual_std = std / (2 * config.num_hidden_layers) ** 0.5
+
+        def switch_init_(weight: Tensor, fan_in: int) -> None:  # truncated normal, σ = √(s / fan_in), at ±2σ
+            sigma = (config.switch_init_scale / fan_in) ** 0.5
+            init.trunc_normal_(weight, mean=0.0, std=sigma, a=-2 * sigma, b=2 * sigma)
+
         if isinstance(module, GroupedExperts):
-            init.normal_(module.w13, mean=0.0, std=std)
-            init.normal_(module.w2, mean=0.0, std=std)
+            if switch:
+                switch_init_(module.w13, fan_in=module.w13.shape[-2])  # [E, d, 2f]: fan_in d
+                init.normal_(module.w2, mean=0.0, std=residual_std)
+            else:
+                init.normal_(module.w13, mean=0.0, std=std)
+                init.normal_(module.w2, mean=0.0, std=std)
         elif isinstance(module, Router):
-            init.normal_(module.weight, mean=0.0, std=self.config.router_init_std or std)
+            if config.router_init_std is not None:
+                init.normal_(module.weight, mean=0.0, std=config.router_init_std)
+            elif switch:
+                switch_init_(module.weight, fan_in=module.weight.shape[-1])  # [E, d]: fan_in d
+            else:
+                init.normal_(module.weight, mean=0.0, std=std)
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
         elif isinstance(module, RMSNorm):
             init.ones_(module.weight)
+        elif switch and isinstance(module, nn.Linear):
+            if getattr(module, "writes_residual", False):  # attention o_proj, SwiGLU down_proj
+                init.normal_(module.weight, mean=0.0, std=residual_std)
+            else:
+                switch_init_(module.weight, fan_in=module.in_features)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif switch and isinstance(module, nn.Embedding):
+            if config.tie_word_embeddings:
+                switch_init_(module.weight, fan_in=module.embedding_dim)
+            else:
+                init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, (nn.Linear, nn.Embedding)):
             super()._init_weights(module)
         elif hasattr(module, "reset_parameters") and any(True for _ in module.parameters(recurse=False)):

@@ -40,7 +40,8 @@ VARIANTS = {
                              num_shared_experts=1, experts_backend="eager"),
     "group_limited_hc_static_grouped_mm": dict(
         ffn="moe", router="group_limited", num_experts=8, n_groups=4, topk_groups=2, num_experts_per_tok=2,
-        num_dense_layers=1, residual="hc", n_streams=2, stream_init="rotate", experts_backend="grouped_mm"),
+        num_dense_layers=1, residual="hc", n_streams=2, hc_dynamic=False, stream_init="rotate",
+        experts_backend="grouped_mm", eval_capacity_factor=1.5),
     "himoe_hc_dynamic_triton": dict(
         ffn="moe", router="himoe", num_experts=8, n_groups=2, num_experts_per_tok=4, residual="hc", n_streams=2,
         hc_dynamic=True, stream_init="split", experts_backend="triton"),
@@ -395,6 +396,16 @@ def test_model_card_states_router_and_residual_kind(tmp_path):
     assert "`himoe` (Hi-MoE)" in card and "top-1 in each of the 4 groups of 2 experts (K = 4)" in card
     assert "`mhc`: manifold-constrained hyper-connections" in card and "3 streams" in card
     assert "stream init `lss`" in card and "output `sum_norm`" in card and "the stdlib corpus" in card
+
+
+def test_model_card_states_capacity_and_static_hc(tmp_path):
+    model = HizooForCausalLM(HizooConfig(**{**BASE, **VARIANTS["group_limited_hc_static_grouped_mm"]}))
+    model.save_pretrained(tmp_path)
+    card = (tmp_path / "README.md").read_text()
+    assert "`hc`: hyper-connections (Zhu et al. 2024, arXiv 2409.19606), 2 streams, static;" in card
+    assert "dropless in training, capacity factor 1.5 in eval and generation" in card
+    assert "`group_limited` (DeepSeek-V3): sigmoid scores, the best 2 of 4 groups" in card
+    assert "the first 1 layer(s) dense SwiGLU of size 48" in card
 
 
 def test_a_tied_lm_head_is_counted_once():
