@@ -74,7 +74,7 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
     inactive = 0
     for module in model.modules():
         if isinstance(module, GroupedExperts):
-            per_expert = (module.w13.numel() + module.w2.numel()) // module.num_experts
+            per_expert = module.w13[0].numel() + module.w2[0].numel()  # one expert's weights (also when sharded)
             inactive += (module.num_experts - k) * per_expert
     return total, total - inactive
 
