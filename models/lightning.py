@@ -10,6 +10,7 @@ import lightning as L
 import torch
 
 from .configuration import HizooConfig
+from .expert_parallel import ExpertParallel, expert_parallel_for_lightning
 from .files import load_torch_file
 from .modeling import HizooForCausalLM
 from .moe import update_router_states
@@ -21,18 +22,25 @@ class HizooLightningModule(L.LightningModule):
     attached). ``weight_decay_rule`` says which parameters AdamW decays (models/weight_decay.py): "reference"
     (default) every parameter whose counterpart in the official codes is ≥ 2-D, their nanoGPT rule (weight
     matrices, embeddings, HC/mHC static logits and projections, LSS scales, Hi-MoE expert scales), "matrices"
-    only ≥ 2-D parameters outside the residual-stream connections and the stream expansion."""
+    only ≥ 2-D parameters outside the residual-stream connections and the stream expansion.
+
+    ``expert_parallel_size`` N > 1 shards every MoE layer's routed experts over N of the data-parallel processes
+    (``models/expert_parallel.py``; Lightning's DDP strategies). It is a property of the run, not of the model:
+    checkpoints and exports hold every expert and load at any N."""
 
     def __init__(self, model_config: dict[str, int | float | bool | str | None] | None = None, lr: float = 1e-3, weight_decay: float = 0.1,
                  betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 20, min_lr_ratio: float = 0.1,
-                 peak_tflops: float | None = None, weight_decay_rule: str = "reference"):
+                 peak_tflops: float | None = None, weight_decay_rule: str = "reference", expert_parallel_size: int = 1):
         super().__init__()
         if weight_decay_rule not in WEIGHT_DECAY_RULES:
             raise ValueError(f"weight_decay_rule={weight_decay_rule!r} is not allowed; choose one of "
                              f"{', '.join(map(repr, WEIGHT_DECAY_RULES))}")
+        if isinstance(expert_parallel_size, bool) or not isinstance(expert_parallel_size, int) or expert_parallel_size < 1:
+            raise ValueError(f"expert_parallel_size={expert_parallel_size!r} must be an integer >= 1")
         self.save_hyperparameters()
         self.model_config = dict(model_config or {})
         self.model: HizooForCausalLM | None = None
+        self.expert_parallel: ExpertParallel | None = None
         self._step_start = None
 
     def configure_model(self) -> None:
@@ -43,6 +51,8 @@ class HizooLightningModule(L.LightningModule):
         if datamodule is not None and getattr(datamodule, "tokenizer", None) is not None:
             fields["vocab_size"] = len(datamodule.tokenizer)
         self.model = HizooForCausalLM(HizooConfig(**fields))
+        if self.hparams.expert_parallel_size > 1:
+            self.expert_parallel = expert_parallel_for_lightning(self, self.hparams.expert_parallel_size)
         self.flops_per_token = training_flops_per_token(self.model.config)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -66,6 +76,16 @@ class HizooLightningModule(L.LightningModule):
                 self.log("train/mfu", tflops / self.hparams.peak_tflops)
         self._step_start = now
         return out.loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.expert_parallel is not None:
+            self.expert_parallel.reduce_gradients()  # after accumulation, before clipping
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        if self.expert_parallel is not None and gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
+            self.expert_parallel.clip_grad_norm_(self.model.parameters(), gradient_clip_val)  # norm over all experts
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_before_zero_grad(self, optimizer) -> None:
         update_router_states(self.model)  # once per optimizer step (loss-free bias, λ1 warm-up)
@@ -94,10 +114,20 @@ class HizooLightningModule(L.LightningModule):
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+        if self.expert_parallel is not None:  # full expert states in a checkpoint -> this rank's block
+            optimizer.register_load_state_dict_pre_hook(self.expert_parallel.slice_optimizer_state)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["hizoo_config"] = self.model.config.to_dict()
+        if self.expert_parallel is not None:  # every expert in the file, whatever the EP size (collective)
+            self.expert_parallel.gather_checkpoint(checkpoint, self.trainer.optimizers)
+
+    def model_state_for_export(self) -> dict[str, torch.Tensor] | None:
+        """The state ``save_pretrained`` must write, on global rank 0: None when ``self.model.state_dict()`` is
+        complete; under expert parallelism the state with every expert, gathered to rank 0 (a collective: call
+        on every rank, before the process group is destroyed)."""
+        return None if self.expert_parallel is None else self.expert_parallel.full_state_dict(self.model)
 
 
 def training_flops_per_token(config: HizooConfig, seq_len: int | None = None) -> float:
