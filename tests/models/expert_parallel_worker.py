@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from hizoo import HizooConfig, HizooForCausalLM
+from hizoo.analysis.callback import DiagnosticsCallback
 from hizoo.models.expert_parallel import ExpertParallel
 from hizoo.models.lightning import HizooLightningModule, load_model_from_checkpoint
 from hizoo.models.moe import update_router_states
@@ -36,6 +37,7 @@ CASES = {
     "topk_global_balance": dict(router="topk", router_global_balance=True),
     "group_limited": dict(router="group_limited", n_groups=4, topk_groups=2, seq_aux_loss_coef=1e-2),
     "himoe": dict(router="himoe", n_groups=2, residual="mhc", n_streams=2),
+    "himoe_recompute": dict(router="himoe", n_groups=2, checkpointing=True),  # all-to-all again in backward
 }
 TOL = dict(atol=1e-6, rtol=1e-4)
 STEP_TOL = dict(atol=1e-5, rtol=1e-4)  # after an AdamW step: g/sqrt(v) magnifies float noise of near-zero gradients
@@ -100,7 +102,11 @@ def reference(model: HizooForCausalLM) -> tuple[list[torch.Tensor], dict]:
 def check_case(name: str, overrides: dict) -> None:
     rank = dist.get_rank()
     torch.manual_seed(0)
+    overrides = dict(overrides)
+    checkpointing = overrides.pop("checkpointing", False)
     model = HizooForCausalLM(HizooConfig(**{**TINY, **overrides}))
+    if checkpointing:
+        model.gradient_checkpointing_enable()
     with torch.no_grad():  # larger than the default init: decisive routing, experts that weigh in the loss
         for name_, p in model.named_parameters():
             if "router.weight" in name_ or ".experts." in name_:
@@ -164,24 +170,28 @@ class Losses(L.Callback):
 
 
 def data() -> DataLoader:
-    ids = torch.randint(0, 64, (64, 12), generator=torch.Generator().manual_seed(3))
+    ids = torch.randint(0, 64, (96, 12), generator=torch.Generator().manual_seed(3))
     return DataLoader([{"input_ids": row} for row in ids], batch_size=2)  # Lightning shards it over the ranks
 
 
-def fit(workdir: Path, ep_size: int, max_steps: int, ckpt_path: Path | None = None):
+def fit(workdir: Path, ep_size: int, max_steps: int, ckpt_path: Path | None = None, diagnostics: bool = False):
+    """Two micro-batches per optimizer step (DDP's no_sync, one expert-gradient reduction per step)."""
     L.seed_everything(0, verbose=False)
     module = HizooLightningModule(model_config=MODEL, lr=1e-2, warmup_steps=2, expert_parallel_size=ep_size)
     losses = Losses()
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=workdir, save_last=True, every_n_train_steps=1)
+    callbacks = [losses, checkpoint]
+    if diagnostics:  # its extra forwards (with stream ablations) run on every rank: the all-to-alls must pair up
+        callbacks.append(DiagnosticsCallback(scalars_every_n_steps=2, figures_every_n_steps=2))
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=max_steps, logger=False,
-                        callbacks=[losses, checkpoint], gradient_clip_val=0.5, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0)
+                        callbacks=callbacks, gradient_clip_val=0.5, accumulate_grad_batches=2,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(module, train_dataloaders=data(), ckpt_path=ckpt_path)
     return module, torch.tensor(losses.values)
 
 
 def check_lightning(scratch: Path) -> None:
-    a_module, a = fit(scratch / "A", 2, 3)
+    a_module, a = fit(scratch / "A", 2, 3, diagnostics=True)
     assert a_module.model.model.layers[0].ffn.experts.w13.shape[0] == 4  # 8 experts, 4 on each rank
     _, b = fit(scratch / "B", 1, 3)
     torch.testing.assert_close(a, b, **FIT_TOL)
@@ -189,7 +199,7 @@ def check_lightning(scratch: Path) -> None:
 
     c_module, c = fit(scratch / "C", 1, 5, scratch / "A" / "last.ckpt")
     d_module, d = fit(scratch / "D", 2, 5, scratch / "B" / "last.ckpt")
-    assert len(c) == len(d) == 2  # steps 4 and 5
+    assert len(c) == len(d) == 4  # steps 4 and 5, two micro-batches each
     torch.testing.assert_close(d, c, **FIT_TOL)
     print("ok resume_across_sizes", flush=True)
 

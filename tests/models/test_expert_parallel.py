@@ -48,18 +48,20 @@ def worker_outputs(tmp_path_factory) -> list[str]:
     return launch(HERE / "expert_parallel_worker.py", str(tmp_path_factory.mktemp("ep")))
 
 
-@pytest.mark.parametrize("router", ["topk", "topk_global_balance", "group_limited", "himoe"])
+@pytest.mark.parametrize("router", ["topk", "topk_global_balance", "group_limited", "himoe", "himoe_recompute"])
 def test_ep2_equals_ep1_for_every_router(worker_outputs, router):
     """Same global batch, one batch per rank under DDP: losses, every gradient (experts gathered), the clipped
     total norm, router buffers and parameters after an AdamW step, and the checkpointed optimizer state agree
-    between EP=1 and EP=2 (topk with local and with global-batch balance, group_limited, himoe + mHC); where the
-    forward has no collective they also equal the single-process mean of the two batches' losses."""
+    between EP=1 and EP=2 (topk with local and with global-batch balance, group_limited, himoe + mHC, himoe with
+    gradient checkpointing); where the forward has no collective they also equal the single-process mean of the
+    two batches' losses."""
     for out in worker_outputs:
         assert f"ok {router}\n" in out, out[-3000:]
 
 
 def test_lightning_ep2_equals_ep1(worker_outputs):
-    """HizooLightningModule under Lightning's DDP on 2 CPU processes: EP=2 and EP=1 log the same losses."""
+    """HizooLightningModule under Lightning's DDP on 2 CPU processes, with gradient accumulation, clipping and the
+    diagnostics callback: EP=2 and EP=1 log the same losses."""
     assert all("ok ep2_equals_ep1\n" in out for out in worker_outputs)
 
 
