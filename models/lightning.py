@@ -45,15 +45,21 @@ class HizooLightningModule(L.LightningModule):
 
     def configure_model(self) -> None:
         if self.model is not None:
+            self._shard_experts()
             return
         fields = dict(self.model_config)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None and getattr(datamodule, "tokenizer", None) is not None:
             fields["vocab_size"] = len(datamodule.tokenizer)
         self.model = HizooForCausalLM(HizooConfig(**fields))
-        if self.hparams.expert_parallel_size > 1:
-            self.expert_parallel = expert_parallel_for_lightning(self, self.hparams.expert_parallel_size)
         self.flops_per_token = training_flops_per_token(self.model.config)
+        self._shard_experts()
+
+    def _shard_experts(self) -> None:
+        """Expert parallelism applies under a Trainer (its DDP strategy, before DDP wraps the module); a module
+        built without one (e.g. by ``load_from_checkpoint``, for analysis) holds every expert until it is fitted."""
+        if self.hparams.expert_parallel_size > 1 and self.expert_parallel is None and self._trainer is not None:
+            self.expert_parallel = expert_parallel_for_lightning(self, self.hparams.expert_parallel_size)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         ids = batch["input_ids"]

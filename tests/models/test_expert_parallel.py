@@ -83,12 +83,13 @@ def test_bad_expert_parallel_size_is_rejected():
             HizooLightningModule(model_config=TINY, expert_parallel_size=bad)
 
 
-def test_expert_parallel_needs_a_ddp_trainer():
+def test_expert_parallel_applies_under_a_ddp_trainer_only():
+    """Without a Trainer (e.g. load_from_checkpoint for analysis) the module holds every expert; under a Trainer
+    whose strategy is not DDP it says which strategies run expert parallelism."""
     module = HizooLightningModule(model_config={**TINY, "ffn": "moe", "num_experts": 4, "num_experts_per_tok": 2},
                                   expert_parallel_size=2)
-    with pytest.raises(RuntimeError, match="not attached to"):
-        module.configure_model()
-    module.model = None
+    module.configure_model()
+    assert module.expert_parallel is None and module.model.model.layers[0].ffn.experts.w13.shape[0] == 4
     module.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False)
     with pytest.raises(ValueError, match="expert_parallel_size=2 runs under Lightning's DDP.*SingleDeviceStrategy"):
         module.configure_model()
