@@ -115,7 +115,8 @@ class GroupedExperts(nn.Module):
                 f"backend={self.backend!r}{ep}")
 
 
-def gather_experts(local: Tensor, group, dst: int | None = None, device: torch.device | str | None = None) -> Tensor | None:
+def gather_experts(local: Tensor, group, dst: int | None = None,
+                   device: torch.device | str | None = None) -> Tensor | None:
     """Concatenate every rank's block of experts along dim 0: [E/N, ...] on each rank -> [E, ...].
 
     ``dst`` None: every rank gets the result (all-gather); else only group rank ``dst`` does (a gather; None

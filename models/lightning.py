@@ -35,7 +35,8 @@ class HizooLightningModule(L.LightningModule):
         if weight_decay_rule not in WEIGHT_DECAY_RULES:
             raise ValueError(f"weight_decay_rule={weight_decay_rule!r} is not allowed; choose one of "
                              f"{', '.join(map(repr, WEIGHT_DECAY_RULES))}")
-        if isinstance(expert_parallel_size, bool) or not isinstance(expert_parallel_size, int) or expert_parallel_size < 1:
+        if isinstance(expert_parallel_size, bool) or not isinstance(expert_parallel_size, int) \
+                or expert_parallel_size < 1:
             raise ValueError(f"expert_parallel_size={expert_parallel_size!r} must be an integer >= 1")
         self.save_hyperparameters()
         self.model_config = dict(model_config or {})

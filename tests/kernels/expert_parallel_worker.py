@@ -37,7 +37,8 @@ def check_experts(name: str, rank: int, T: int, E: int, K: int, backend: str, ex
     dist.broadcast(full_w2, 0)
     x = torch.randn(T, d)
     if expert_idx is None:
-        expert_idx = torch.stack([torch.randperm(E)[:K] for _ in range(T)]) if T else torch.zeros(0, K, dtype=torch.long)
+        rows = [torch.randperm(E)[:K] for _ in range(T)]
+        expert_idx = torch.stack(rows) if rows else torch.zeros(0, K, dtype=torch.long)
     weight = torch.rand(T, K)
     coef = torch.randn(T, d)  # loss = Σ coef · out
 

@@ -54,7 +54,8 @@ def train_step(model: HizooForCausalLM, ep_size: int, max_norm: float):
     rank = dist.get_rank()
     ep = ExpertParallel(model, ep_size) if ep_size > 1 else None
     if ep is not None:
-        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, [n for n, _ in ep.named_parameters()])
+        ignored = [n for n, _ in ep.named_parameters()]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
     ddp = DistributedDataParallel(model)
     ids = batches()[rank]
     out = ddp(ids, labels=ids)

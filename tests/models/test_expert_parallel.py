@@ -10,7 +10,6 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-import torch
 import torch.distributed as dist
 
 from hizoo import HizooConfig, HizooForCausalLM
