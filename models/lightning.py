@@ -30,7 +30,8 @@ class HizooLightningModule(L.LightningModule):
 
     def __init__(self, model_config: dict[str, int | float | bool | str | None] | None = None, lr: float = 1e-3, weight_decay: float = 0.1,
                  betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 20, min_lr_ratio: float = 0.1,
-                 peak_tflops: float | None = None, weight_decay_rule: str = "reference", expert_parallel_size: int = 1):
+                 peak_tflops: float | None = None, weight_decay_rule: str = "reference",
+                 expert_parallel_size: int = 1):
         super().__init__()
         if weight_decay_rule not in WEIGHT_DECAY_RULES:
             raise ValueError(f"weight_decay_rule={weight_decay_rule!r} is not allowed; choose one of "
