@@ -15,8 +15,8 @@ Bytes moved, per rank and per token it trains on: the all-to-all rows sent to th
 wrapping ``dist.all_to_all_single``; forward dispatch + combine and their reverse in backward, plus the E
 per-expert counts), against the uniform-routing expectation 4·L·K·d·bytes·(N−1)/N; and the gradient all-reduce
 (a ring all-reduce sends 2·(W−1)/W of the gradient bytes per rank), from the sizes DDP reduces. Time: median
-step (forward, backward, expert-gradient reduction, AdamW), and the share of it spent inside the all-to-alls
-(which includes waiting for the other rank to arrive: load imbalance and machine noise show up there too).
+step (forward, backward, expert-gradient reduction, AdamW), and the shares of it spent waiting for the other
+rank at an all-to-all (a barrier before each: load imbalance and machine noise) and in the exchange itself.
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ import torch.multiprocessing as mp
 
 
 class AllToAllMeter:
-    """Wraps ``dist.all_to_all_single``: bytes this rank sends to other ranks, and seconds spent in the calls."""
+    """Wraps ``dist.all_to_all_single``: bytes this rank sends to other ranks, seconds spent waiting for the
+    other ranks to arrive (a barrier first: skew and machine noise) and seconds of the exchange itself."""
 
     def __init__(self):
-        self.bytes, self.seconds = 0, 0.0
+        self.bytes, self.wait, self.seconds = 0, 0.0, 0.0
         self._inner = dist.all_to_all_single
         dist.all_to_all_single = self
 
@@ -49,8 +50,11 @@ class AllToAllMeter:
         else:
             sent = sum(n for j, n in enumerate(input_split_sizes) if j != rank) * row_bytes
         start = time.perf_counter()
+        dist.barrier(group=group)
+        arrived = time.perf_counter()
         result = self._inner(output, input, output_split_sizes, input_split_sizes, group=group, **kwargs)
-        self.seconds += time.perf_counter() - start
+        self.wait += arrived - start
+        self.seconds += time.perf_counter() - arrived
         self.bytes += sent
         return result
 
@@ -68,11 +72,12 @@ def build(args, ep_size: int, seed_model):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     reduced = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if n not in ignored)
     return dict(model=model, ddp=ddp, ep=ep, optimizer=optimizer, reduced_bytes=reduced,
-                params=sum(p.numel() for p in model.parameters()), times=[], a2a_bytes=[], a2a_seconds=[])
+                params=sum(p.numel() for p in model.parameters()), times=[], a2a_bytes=[], a2a_seconds=[],
+                a2a_wait=[])
 
 
 def step(run, ids, meter: AllToAllMeter) -> None:
-    meter.bytes, meter.seconds = 0, 0.0
+    meter.bytes, meter.wait, meter.seconds = 0, 0.0, 0.0
     start = time.perf_counter()
     out = run["ddp"](ids, labels=ids)
     out.loss.backward()
@@ -83,6 +88,7 @@ def step(run, ids, meter: AllToAllMeter) -> None:
     run["times"].append(time.perf_counter() - start)
     run["a2a_bytes"].append(meter.bytes)
     run["a2a_seconds"].append(meter.seconds)
+    run["a2a_wait"].append(meter.wait)
 
 
 def worker(rank: int, world: int, port: int, args, results) -> None:
@@ -111,6 +117,7 @@ def worker(rank: int, world: int, port: int, args, results) -> None:
         summary[ep_size] = dict(
             step_ms=1e3 * statistics.median(run["times"][keep]),
             a2a_share=statistics.median(s / t for s, t in zip(run["a2a_seconds"][keep], run["times"][keep])),
+            wait_share=statistics.median(s / t for s, t in zip(run["a2a_wait"][keep], run["times"][keep])),
             a2a_bytes_per_token=statistics.mean(run["a2a_bytes"][keep]) / tokens,
             allreduce_bytes_per_token=2 * (world - 1) / world * run["reduced_bytes"] / tokens,
             params=run["params"])
@@ -146,7 +153,7 @@ def main() -> None:
     print(f"\n{world} CPU processes (gloo, {args.threads} thread each), {L} MoE layers, d={d}, E={args.experts}, "
           f"K={K}, f={args.expert_width}, vocab {args.vocab}, {args.batch}x{args.seq_len} tokens per rank, fp32, "
           f"median of {args.steps} steps\n")
-    print("| layout | step ms (rank 0 / 1) | vs EP=1 | in all-to-all | all-to-all B/token | uniform-routing "
+    print("| layout | step ms (rank 0 / 1) | vs EP=1 | waiting / exchanging | all-to-all B/token | uniform-routing "
           "estimate | grad all-reduce B/token | params per rank |")
     print("|---|---|---|---|---|---|---|---|")
     base = max(results[r][1]["step_ms"] for r in range(world))
@@ -156,6 +163,7 @@ def main() -> None:
         a2a = statistics.mean(row["a2a_bytes_per_token"] for row in rows)
         estimate = f"{expected:,.0f}" if ep_size > 1 else "0"
         print(f"| EP={ep_size} | {rows[0]['step_ms']:.0f} / {rows[1]['step_ms']:.0f} | {slowest / base:.2f} | "
+              f"{100 * statistics.mean(row['wait_share'] for row in rows):.0f}% / "
               f"{100 * statistics.mean(row['a2a_share'] for row in rows):.0f}% | {a2a:,.0f} | {estimate} | "
               f"{rows[0]['allreduce_bytes_per_token']:,.0f} | {rows[0]['params']:,} |")
 
