@@ -8,16 +8,53 @@ At the end of ``fit`` the model is exported as a Hugging Face directory (config,
 next to the TensorBoard logs, loadable with ``AutoModelForCausalLM`` after ``import hizoo``.
 """
 
+import re
 import sys
 from pathlib import Path
 
 import torch
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from hizoo.data import HizooDataModule
+from hizoo.models.configuration import closest_name
 from hizoo.models.lightning import HizooLightningModule
 
 QUICKSTART = Path(__file__).resolve().parent / "configs" / "quickstart.yaml"
+
+
+class HizooArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser; an unknown option (``--model.model_config.routr``, a misspelled YAML key) is
+    rejected at parse time as before, and the message names the closest valid option."""
+
+    _UNKNOWN = (re.compile(r"Option '([^']+)' is not accepted"), re.compile(r"does not accept option '([^']+)'"))
+
+    def error(self, message: str, ex: Exception | None = None):
+        return super().error(message + "".join(f"\n  did you mean --{close}?" for close in self._closest(message)), ex)
+
+    def _closest(self, message: str) -> list[str]:
+        unknown = [m.group(1) for pattern in self._UNKNOWN for m in pattern.finditer(message)]
+        group = re.search(r"Group '([^']+)' does not accept", message)
+        unknown = [f"{group.group(1)}.{key}" for key in unknown] if group else unknown
+        if "unrecognized arguments:" in message:
+            unknown += [a[2:].split("=")[0] for a in message.split("unrecognized arguments:")[1].split() if a[:2] == "--"]
+        known = self._option_keys()
+        found = []
+        for key in unknown:
+            parent, _, leaf = key.rpartition(".")
+            siblings = [k.rpartition(".")[2] for k in known if k.rpartition(".")[0] == parent]
+            close = closest_name(leaf, siblings) if siblings else closest_name(key, known)
+            if close:
+                found.append(f"{parent}.{close}" if siblings and parent else close)
+        return found
+
+    def _option_keys(self) -> list[str]:
+        keys, parsers = [], [self]
+        while parsers:
+            parser = parsers.pop()
+            keys += [a.dest for a in parser._actions if a.option_strings and a.dest not in ("help", "config")]
+            subcommands = getattr(parser, "_subcommands_action", None)
+            parsers += list(subcommands._name_parser_map.values()) if subcommands else []
+        return keys
 
 
 def export(cli: LightningCLI, state_dict: dict | None = None) -> Path:
@@ -34,7 +71,7 @@ def main(args: list[str] | None = None, trainer_defaults: dict | None = None) ->
     if not args:
         args = ["fit", "--config", str(QUICKSTART)]
     cli = LightningCLI(HizooLightningModule, HizooDataModule, args=args, trainer_defaults=trainer_defaults,
-                       save_config_kwargs={"overwrite": True})
+                       save_config_kwargs={"overwrite": True}, parser_class=HizooArgumentParser)
     state_dict = None
     if cli.subcommand == "fit" and not cli.trainer.interrupted:
         state_dict = cli.model.model_state_for_export()  # every rank: expert parallelism gathers to rank 0

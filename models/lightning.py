@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from .config_fields import HizooConfigFields, model_config_dict
 from .configuration import HizooConfig
 from .expert_parallel import ExpertParallel, expert_parallel_for_lightning
 from .files import load_torch_file
@@ -18,21 +19,56 @@ from .weight_decay import WEIGHT_DECAY_RULES, parameter_groups
 
 
 class HizooLightningModule(L.LightningModule):
-    """``model_config``: HizooConfig fields (``vocab_size`` is taken from the data module's tokenizer when one is
-    attached). ``weight_decay_rule`` says which parameters AdamW decays (models/weight_decay.py): "reference"
-    (default) every parameter whose counterpart in the official codes is ≥ 2-D, their nanoGPT rule (weight
-    matrices, embeddings, HC/mHC static logits and projections, LSS scales, Hi-MoE expert scales), "matrices"
-    only ≥ 2-D parameters outside the residual-stream connections and the stream expansion.
+    """HizooForCausalLM trained with cross-entropy plus the routers' aux losses, AdamW and warm-up + cosine.
 
-    ``expert_parallel_size`` N > 1 shards every MoE layer's routed experts over N of the data-parallel processes
-    (``models/expert_parallel.py``; Lightning's DDP strategies). It is a property of the run, not of the model:
-    checkpoints and exports hold every expert and load at any N."""
+    ``weight_decay_rule`` says which parameters AdamW decays (models/weight_decay.py): "reference" (default) every
+    parameter whose counterpart in the official codes is ≥ 2-D, their nanoGPT rule (weight matrices, embeddings,
+    HC/mHC static logits and projections, LSS scales, Hi-MoE expert scales); "matrices" only ≥ 2-D parameters
+    outside the residual-stream connections and the stream expansion. The hyperparameters store the complete
+    HizooConfig field dict, so a checkpoint rebuilds the same model even if a default changes later.
 
-    def __init__(self, model_config: dict[str, int | float | bool | str | None] | None = None, lr: float = 1e-3, weight_decay: float = 0.1,
-                 betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 20, min_lr_ratio: float = 0.1,
-                 peak_tflops: float | None = None, weight_decay_rule: str = "reference",
-                 expert_parallel_size: int = 1):
+    Args:
+        model_config: HizooConfig's fields: a HizooConfigFields (LightningCLI builds it from
+            ``model: {model_config: {FIELD: value}}``) or a dict of some fields, the others taking HizooConfig's
+            defaults. vocab_size is replaced by the tokenizer's size when a data module is attached.
+        lr: peak learning rate (> 0).
+        weight_decay: AdamW weight decay of the decayed matrices (>= 0).
+        betas: AdamW (beta1, beta2), each in [0, 1).
+        warmup_steps: optimizer steps of linear warm-up (>= 0).
+        min_lr_ratio: the cosine ends at min_lr_ratio x lr (in [0, 1]).
+        peak_tflops: the accelerator's peak TFLOP/s per device; when set, model FLOPs utilization is logged.
+        weight_decay_rule: "reference" | "matrices" (see above).
+        expert_parallel_size: N > 1 shards every MoE layer's routed experts over N of the data-parallel processes
+            (models/expert_parallel.py; Lightning's DDP strategies). A property of the run, not of the model:
+            checkpoints and exports hold every expert and load at any N.
+    """
+
+    def __init__(
+        self,
+        model_config: HizooConfigFields = HizooConfigFields(),
+        lr: float = 1e-3,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 20,
+        min_lr_ratio: float = 0.1,
+        peak_tflops: float | None = None,
+        weight_decay_rule: str = "reference",
+        expert_parallel_size: int = 1,
+    ):
         super().__init__()
+        model_config = model_config_dict(model_config)  # validated; a plain dict in the hyperparameters
+        _check_number("lr", lr, low=0.0, low_open=True)
+        _check_number("weight_decay", weight_decay, low=0.0)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"betas={betas!r} must be a pair (beta1, beta2), each in [0, 1)")
+        for i, beta in enumerate(betas):
+            _check_number(f"betas[{i}]", beta, low=0.0, high=1.0, high_open=True)
+        betas = tuple(float(b) for b in betas)
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+            raise ValueError(f"warmup_steps={warmup_steps!r} must be an integer >= 0 (optimizer steps)")
+        _check_number("min_lr_ratio", min_lr_ratio, low=0.0, high=1.0)
+        if peak_tflops is not None:
+            _check_number("peak_tflops", peak_tflops, low=0.0, low_open=True)
         if weight_decay_rule not in WEIGHT_DECAY_RULES:
             raise ValueError(f"weight_decay_rule={weight_decay_rule!r} is not allowed; choose one of "
                              f"{', '.join(map(repr, WEIGHT_DECAY_RULES))}")
@@ -40,7 +76,7 @@ class HizooLightningModule(L.LightningModule):
                 or expert_parallel_size < 1:
             raise ValueError(f"expert_parallel_size={expert_parallel_size!r} must be an integer >= 1")
         self.save_hyperparameters()
-        self.model_config = dict(model_config or {})
+        self.model_config = model_config
         self.model: HizooForCausalLM | None = None
         self.expert_parallel: ExpertParallel | None = None
         self._step_start = None
@@ -136,6 +172,19 @@ class HizooLightningModule(L.LightningModule):
         complete; under expert parallelism the state with every expert, gathered to rank 0 (a collective: call
         on every rank, before the process group is destroyed)."""
         return None if self.expert_parallel is None else self.expert_parallel.full_state_dict(self.model)
+
+
+def _check_number(name: str, value, low: float, high: float | None = None, low_open: bool = False,
+                  high_open: bool = False) -> None:
+    """``value`` is a finite real number in the interval [low, high] (ends open where asked), else ValueError."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low)
+    if high is not None:
+        ok = ok and (value < high if high_open else value <= high)
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low:g}, {'inf)' if high is None else f'{high:g}'}"
+        interval += "" if high is None else (")" if high_open else "]")
+        raise ValueError(f"{name}={value!r} must be a finite number in {interval}")
 
 
 def training_flops_per_token(config: HizooConfig, seq_len: int | None = None) -> float:

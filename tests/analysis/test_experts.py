@@ -67,9 +67,11 @@ def test_collect_on_a_moe_mhc_model_fills_every_section():
     assert len(report["streams"]["layers"]) == 2 and "ablation" in report["streams"]
     tags = scalars(report)
     assert "experts/layer0/max_vio" in tags and "streams/layer1/dominant_share" in tags
-    assert "streams/layer0/ffn/mix_identity_distance" in tags and "streams/amax_gain" in tags
+    assert "streams/layer0/ffn/mix_identity_distance" in tags and "streams/logit_spread/median" in tags
+    assert "streams/amax_forward" in tags or "streams/amax_backward" in tags
     assert set(figures(report)) == {"experts/load_heatmap", "experts/group_loads", "experts/domain_usage",
-                                    "streams/norm_shares", "streams/mix"}
+                                    "streams/norm_shares", "streams/mix", "streams/logit_spread",
+                                    "streams/mix_sums", "streams/amax_depth"}
     assert any("expert balance" in line for line in summarize(report))
 
 
