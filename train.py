@@ -57,10 +57,10 @@ class HizooArgumentParser(LightningArgumentParser):
         return keys
 
 
-def export(cli: LightningCLI) -> Path:
+def export(cli: LightningCLI, state_dict: dict | None = None) -> Path:
     log_dir = Path(cli.trainer.log_dir or cli.trainer.default_root_dir)
     out = log_dir / "hf_model"
-    cli.model.model.save_pretrained(out)
+    cli.model.model.save_pretrained(out, state_dict=state_dict)
     cli.datamodule.tokenizer.save_pretrained(out)
     return out
 
@@ -72,12 +72,15 @@ def main(args: list[str] | None = None, trainer_defaults: dict | None = None) ->
         args = ["fit", "--config", str(QUICKSTART)]
     cli = LightningCLI(HizooLightningModule, HizooDataModule, args=args, trainer_defaults=trainer_defaults,
                        save_config_kwargs={"overwrite": True}, parser_class=HizooArgumentParser)
+    state_dict = None
+    if cli.subcommand == "fit" and not cli.trainer.interrupted:
+        state_dict = cli.model.model_state_for_export()  # every rank: expert parallelism gathers to rank 0
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()  # a live gloo/NCCL group aborts the interpreter at exit
     if cli.subcommand != "fit" or cli.trainer.interrupted or not cli.trainer.is_global_zero:
         return
-    out = export(cli)
+    out = export(cli, state_dict)
     ppl = cli.trainer.callback_metrics.get("val/ppl")
     print(f"\nTensorBoard logs: {cli.trainer.log_dir}   (tensorboard --logdir {Path(cli.trainer.log_dir).parent})")
     print(f"exported Hugging Face model: {out}")
