@@ -60,11 +60,12 @@ class HizooArgumentParser(LightningArgumentParser):
         return keys
 
 
-def export(cli: LightningCLI) -> Path:
-    """Save the trained model as a self-contained Hugging Face directory next to the logs (models/export.py): weights,
-    config with ``auto_map`` and the modeling code (loads without hizoo), special tokens from the tokenizer in config
-    and generation config, the tokenizer (left padding, the model's context length), and a model card with the
-    training tokens and the validation perplexity."""
+def export(cli: LightningCLI, state_dict: dict | None = None) -> Path:
+    """Save the trained model as a self-contained Hugging Face directory next to the logs (models/export.py): weights
+    (``state_dict``: the full weights when expert parallelism left this rank a shard), config with ``auto_map`` and the
+    modeling code (loads without hizoo), special tokens from the tokenizer in config and generation config, the
+    tokenizer (left padding, the model's context length), and a model card with the training tokens and the
+    validation perplexity."""
     trainer, data = cli.trainer, cli.datamodule
     out = Path(trainer.log_dir or trainer.default_root_dir) / "hf_model"
     batch_size, seq_len = getattr(data, "batch_size", None), getattr(data, "seq_len", None)
@@ -80,7 +81,7 @@ def export(cli: LightningCLI) -> Path:
         validation_perplexity=float(ppl) if ppl is not None else None,
         training_data=f"`--data.source {source}`" if source is not None else None,
         source=f"trained from scratch with hizoo's `train.py` for {trainer.global_step} optimizer steps")
-    export_pretrained(cli.model.model, out, tokenizer=data.tokenizer, card=card)
+    export_pretrained(cli.model.model, out, tokenizer=data.tokenizer, card=card, state_dict=state_dict)
     return out
 
 
@@ -91,12 +92,15 @@ def main(args: list[str] | None = None, trainer_defaults: dict | None = None) ->
         args = ["fit", "--config", str(QUICKSTART)]
     cli = LightningCLI(HizooLightningModule, HizooDataModule, args=args, trainer_defaults=trainer_defaults,
                        save_config_kwargs={"overwrite": True}, parser_class=HizooArgumentParser)
+    state_dict = None
+    if cli.subcommand == "fit" and not cli.trainer.interrupted:
+        state_dict = cli.model.model_state_for_export()  # every rank: expert parallelism gathers to rank 0
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()  # a live gloo/NCCL group aborts the interpreter at exit
     if cli.subcommand != "fit" or cli.trainer.interrupted or not cli.trainer.is_global_zero:
         return
-    out = export(cli)
+    out = export(cli, state_dict)
     ppl = cli.trainer.callback_metrics.get("val/ppl")
     print(f"\nTensorBoard logs: {cli.trainer.log_dir}   (tensorboard --logdir {Path(cli.trainer.log_dir).parent})")
     print(f"exported Hugging Face model: {out}")

@@ -346,13 +346,15 @@ def align_special_tokens(model, tokenizer=None):
     return tokenizer
 
 
-def export_pretrained(model, directory: str | Path, tokenizer=None, card: ModelCardInfo | None = None) -> Path:
-    """Save ``model`` (code, auto_map, generation config, card) and ``tokenizer`` into ``directory`` with
-    consistent special tokens (``align_special_tokens``): the export of train.py and the OLMoE converter."""
+def export_pretrained(model, directory: str | Path, tokenizer=None, card: ModelCardInfo | None = None,
+                      state_dict: dict | None = None) -> Path:
+    """Save ``model`` (code, auto_map, generation config, card; ``state_dict`` instead of the model's own weights when
+    given) and ``tokenizer`` into ``directory`` with consistent special tokens (``align_special_tokens``): the export
+    of train.py and the OLMoE converter."""
     directory = Path(directory)
     tokenizer = align_special_tokens(model, tokenizer)
     card = dataclasses.replace(card or ModelCardInfo(), tokenizer=tokenizer is not None)
-    model.save_pretrained(directory, model_card=card)
+    model.save_pretrained(directory, model_card=card, **({"state_dict": state_dict} if state_dict is not None else {}))
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
     return directory

@@ -74,7 +74,8 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
     inactive = 0
     for module in model.modules():
         if isinstance(module, GroupedExperts):
-            per_expert = module.w13[0].numel() + module.w2[0].numel()  # one expert's weights (also when sharded)
+            per_expert = module.w13[0].numel() + module.w2[0].numel()
+            total += (module.num_experts - module.w13.shape[0]) * per_expert  # experts on other expert-parallel ranks
             inactive += (module.num_experts - k) * per_expert
     return total, total - inactive
 
