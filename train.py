@@ -4,8 +4,9 @@
     python train.py fit --config configs/X.yaml       # any config; every LightningCLI override works
     python train.py fit --config configs/X.yaml --ckpt_path last    # resume from the last checkpoint
 
-At the end of ``fit`` the model is exported as a Hugging Face directory (config, safetensors, tokenizer)
-next to the TensorBoard logs, loadable with ``AutoModelForCausalLM`` after ``import hizoo``.
+At the end of ``fit`` the model is exported as a Hugging Face directory (config, safetensors, tokenizer, modeling
+code, model card) next to the TensorBoard logs, loadable with ``AutoModelForCausalLM`` after ``import hizoo``, or
+with ``trust_remote_code=True`` where hizoo is not installed.
 """
 
 import re
@@ -17,7 +18,9 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from hizoo.data import HizooDataModule
 from hizoo.models.configuration import closest_name
+from hizoo.models.export import export_pretrained
 from hizoo.models.lightning import HizooLightningModule
+from hizoo.models.model_card import ModelCardInfo
 
 QUICKSTART = Path(__file__).resolve().parent / "configs" / "quickstart.yaml"
 
@@ -58,10 +61,27 @@ class HizooArgumentParser(LightningArgumentParser):
 
 
 def export(cli: LightningCLI, state_dict: dict | None = None) -> Path:
-    log_dir = Path(cli.trainer.log_dir or cli.trainer.default_root_dir)
-    out = log_dir / "hf_model"
-    cli.model.model.save_pretrained(out, state_dict=state_dict)
-    cli.datamodule.tokenizer.save_pretrained(out)
+    """Save the trained model as a self-contained Hugging Face directory next to the logs (models/export.py): weights
+    (``state_dict``: the full weights when expert parallelism left this rank a shard), config with ``auto_map`` and the
+    modeling code (loads without hizoo), special tokens from the tokenizer in config and generation config, the
+    tokenizer (left padding, the model's context length), and a model card with the training tokens and the
+    validation perplexity."""
+    trainer, data = cli.trainer, cli.datamodule
+    out = Path(trainer.log_dir or trainer.default_root_dir) / "hf_model"
+    batch_size, seq_len = getattr(data, "batch_size", None), getattr(data, "seq_len", None)
+    tokens = None
+    if batch_size is not None and seq_len is not None:
+        # each optimizer step: accumulate_grad_batches micro-batches per process of batch_size full sequences
+        # (the training loader drops the last incomplete batch)
+        tokens = trainer.global_step * trainer.accumulate_grad_batches * trainer.world_size * batch_size * seq_len
+    ppl = trainer.callback_metrics.get("val/ppl")
+    source = getattr(data, "source", None)
+    card = ModelCardInfo(
+        path=str(out), training_tokens=tokens, training_sequence_length=seq_len,
+        validation_perplexity=float(ppl) if ppl is not None else None,
+        training_data=f"`--data.source {source}`" if source is not None else None,
+        source=f"trained from scratch with hizoo's `train.py` for {trainer.global_step} optimizer steps")
+    export_pretrained(cli.model.model, out, tokenizer=data.tokenizer, card=card, state_dict=state_dict)
     return out
 
 

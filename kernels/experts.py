@@ -3,6 +3,9 @@ sharded over an expert-parallel process group (``shard_``; see ``kernels/expert_
 
 from __future__ import annotations
 
+import functools
+import warnings
+
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -13,13 +16,32 @@ from .expert_parallel import expert_parallel_experts
 BACKENDS = ("auto", "triton", "grouped_mm", "eager")
 
 
+@functools.cache
+def triton_available() -> bool:
+    """Whether Triton can be imported (it is not on macOS and some CPU installs; an exported model must load there)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """``auto`` means Triton on CUDA and grouped_mm elsewhere."""
+    """``auto`` means Triton on CUDA and grouped_mm elsewhere. Without Triton installed, ``triton`` and ``auto``
+    run grouped_mm (the same SwiGLU experts; ``triton`` warns)."""
     if backend not in BACKENDS:
         raise ValueError(f"experts backend={backend!r} is not allowed; choose one of {BACKENDS}")
     if backend == "auto":
-        return "triton" if device.type == "cuda" else "grouped_mm"
+        return "triton" if device.type == "cuda" and triton_available() else "grouped_mm"
+    if backend == "triton" and not triton_available():
+        _warn_triton_missing()
+        return "grouped_mm"
     return backend
+
+
+@functools.cache
+def _warn_triton_missing() -> None:  # once per process
+    warnings.warn("experts_backend='triton' but Triton is not installed: the experts run on grouped_mm", stacklevel=4)
 
 
 class GroupedExperts(nn.Module):

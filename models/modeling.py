@@ -164,6 +164,17 @@ class HizooPreTrainedModel(PreTrainedModel):
                                     () if allow_mismatched else info["mismatched_keys"], pretrained_model_name_or_path)
         return (model, info) if wants_info else model
 
+    def save_pretrained(self, save_directory, *args, model_card=None, **kwargs):
+        """transformers' ``save_pretrained``, self-contained: the folder also gets the modeling code generated from
+        hizoo, ``auto_map`` (so ``from_pretrained(..., trust_remote_code=True)`` loads it without hizoo), the
+        config's special-token ids in the generation config, and README.md, the model card; ``model_card``:
+        ``ModelCardInfo`` facts for it (training tokens, validation perplexity, ...) or ``False`` for none.
+        (``models/export.py``)"""
+        from .export import save_pretrained_self_contained
+
+        return save_pretrained_self_contained(self, super().save_pretrained, save_directory, *args,
+                                              model_card=model_card, **kwargs)
+
     def check_loaded_keys(self, missing, unexpected, mismatched, source, hint: str | None = None) -> None:
         """Raise ``ValueError`` naming ``source`` when a load left weights ``missing`` (names the model needs),
         ``unexpected`` (names the files hold) or ``mismatched`` ((name, shape in the files, shape in the model));
@@ -283,6 +294,8 @@ class HizooCausalLMOutput(MoeCausalLMOutputWithPast):
 
 
 class HizooModel(HizooPreTrainedModel):
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]  # the base model of a HizooForCausalLM checkpoint
+
     def __init__(self, config: HizooConfig):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
