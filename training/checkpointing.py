@@ -4,8 +4,9 @@
 - ``AtomicCheckpointIO`` (a Lightning CheckpointIO plugin): a checkpoint is written to a temporary file in
   the same directory, flushed and fsync'ed, then renamed over the target with ``os.replace`` (atomic on one
   filesystem) and the directory entry fsync'ed. A process killed mid-write leaves the previous file whole
-  and at most a ``*.partial`` temporary, which the next run in that folder removes. Loads always use
-  ``torch.load(weights_only=True)``: a checkpoint cannot run code.
+  and at most a ``*.partial`` temporary, which the next run in that folder removes. Loads go through
+  ``models.files.load_torch_file`` (``torch.load(weights_only=True)``, errors that name the file): a checkpoint
+  cannot run code.
 - ``RunCheckpoint`` (a ``ModelCheckpoint``): writes into ``<run folder>/checkpoints`` unless told otherwise,
   keeps ``last.ckpt`` (also at the final step, whatever ``every_n_train_steps``), and on SIGTERM/SIGUSR1
   saves ``last.ckpt`` at the step where Lightning stopped; the CLI then exits with status 128 + signal.
@@ -14,13 +15,10 @@
 from __future__ import annotations
 
 import os
-import pickle
-import re
 import signal
 import tempfile
 import threading
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +28,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from ..models.files import load_torch_file
+
 PARTIAL_SUFFIX = ".partial"  # temporary files of unfinished writes: ".<name>.<random>.partial"
-
-
-class CheckpointReadError(ValueError):
-    """A checkpoint file that cannot be read: truncated, not a checkpoint, or holding objects a safe load refuses."""
 
 
 def is_remote(path: str | Path) -> bool:
@@ -60,33 +56,6 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         os.fsync(directory)  # the rename itself survives a power loss
     finally:
         os.close(directory)
-
-
-def safe_torch_load(path: str | Path, map_location: Any = "cpu") -> Any:
-    """``torch.load(path, weights_only=True)`` with one clear error type for every way a file can be bad."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist" if not path.exists() else
-                                f"checkpoint {path} is not a file")
-    size = path.stat().st_size
-    if size == 0:
-        raise CheckpointReadError(f"checkpoint {path} is empty (0 bytes): an interrupted write; use an earlier "
-                                  "checkpoint")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        refused = re.search(r"Unsupported global: GLOBAL [\w.]+", str(err))
-        if refused:  # torch's text here advises an unsafe load; say what was refused instead
-            raise CheckpointReadError(
-                f"checkpoint {path} holds Python objects that a safe load (weights_only=True) refuses "
-                f"({refused.group(0)}); hizoo never loads a checkpoint in a way that can run code from it") from None
-        raise CheckpointReadError(f"checkpoint {path} ({size} bytes) cannot be read: truncated or not a PyTorch "
-                                  "checkpoint (the unpickler found data it does not know)") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointReadError(
-            f"checkpoint {path} ({size} bytes) cannot be read: truncated or not a PyTorch checkpoint "
-            f"({type(err).__name__}: {first_line})") from None
 
 
 def remove_partial_writes(directory: str | Path) -> list[Path]:
@@ -118,7 +87,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                              "tensors and plain data, and an unsafe load could run code from the file")
         if is_remote(path):
             return super().load_checkpoint(path, map_location=map_location, weights_only=True)
-        return safe_torch_load(path, map_location=map_location if map_location is not None else "cpu")
+        # weights_only=True, errors that name the file (Lightning moves the states to the device afterwards)
+        return load_torch_file(path, "checkpoint")
 
 
 class RunCheckpoint(ModelCheckpoint):

@@ -24,6 +24,8 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
+from ..models.export import export_pretrained
+from ..models.model_card import ModelCardInfo
 from .checkpointing import AtomicCheckpointIO, RunCheckpoint
 from .run_folder import RunFolderInUse, checkpoint_files, checkpoint_step, last_checkpoint
 
@@ -110,13 +112,16 @@ class HizooCLI(LightningCLI):
             trainer.fit(model, datamodule=datamodule, ckpt_path=self.resume_from, **kwargs)
         except SIGTERMException:
             self._stopped_by_signal()
+        state_dict = None
+        if not trainer.interrupted:
+            state_dict = model.model_state_for_export()  # every rank: expert parallelism gathers to rank 0
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()  # a live gloo/NCCL group aborts the interpreter at exit
         if trainer.interrupted or not trainer.is_global_zero:
             return
         self._check_trained()
-        self.export()
+        self.export(state_dict)
 
     def _stopped_by_signal(self) -> None:
         checkpointer = next((c for c in self.trainer.callbacks if isinstance(c, RunCheckpoint)), None)
@@ -142,12 +147,27 @@ class HizooCLI(LightningCLI):
                 f"validation perplexity is {float(ppl)} at step {trainer.global_step}: the model diverged, nothing "
                 f"was exported (checkpoints stay in {self.run_dir / 'checkpoints'})")
 
-    def export(self) -> Path:
-        """The trained model and tokenizer as a Hugging Face directory in the run folder."""
+    def export(self, state_dict: dict | None = None) -> Path:
+        """The trained model as a self-contained Hugging Face directory in the run folder (models/export.py):
+        weights (``state_dict``: the full weights when expert parallelism left this rank a shard), config with
+        ``auto_map`` and the modeling code, special tokens, the tokenizer, and a model card with the training
+        tokens and the validation perplexity."""
+        trainer, data = self.trainer, self.datamodule
         out = self.run_dir / "hf_model"
-        self.model.model.save_pretrained(out)
-        self.datamodule.tokenizer.save_pretrained(out)
-        ppl = self.trainer.callback_metrics.get("val/ppl")
+        batch_size, seq_len = getattr(data, "batch_size", None), getattr(data, "seq_len", None)
+        tokens = None
+        if batch_size is not None and seq_len is not None:
+            # each optimizer step: accumulate_grad_batches micro-batches per process of batch_size full sequences
+            # (the training loader drops the last incomplete batch)
+            tokens = trainer.global_step * trainer.accumulate_grad_batches * trainer.world_size * batch_size * seq_len
+        ppl = trainer.callback_metrics.get("val/ppl")
+        source = getattr(data, "source", None)
+        card = ModelCardInfo(
+            path=str(out), training_tokens=tokens, training_sequence_length=seq_len,
+            validation_perplexity=float(ppl) if ppl is not None else None,
+            training_data=f"`--data.source {source}`" if source is not None else None,
+            source=f"trained from scratch with hizoo's `train.py` for {trainer.global_step} optimizer steps")
+        export_pretrained(self.model.model, out, tokenizer=data.tokenizer, card=card, state_dict=state_dict)
         print(f"\nrun folder: {self.run_dir}   (tensorboard --logdir {self.run_dir})")
         print(f"exported Hugging Face model: {out}")
         if ppl is not None:

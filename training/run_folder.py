@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from ..models.files import load_torch_file
+
 CHECKPOINT_DIR = "checkpoints"
 _LAST = re.compile(r"^last(-v?\d+)?\.ckpt$")  # Lightning's names for "last" (last.ckpt, last-v1.ckpt)
 _HPC = re.compile(r"^hpc_ckpt_\d+\.ckpt$")  # Lightning's SLURM requeue checkpoints, in default_root_dir
@@ -45,14 +47,12 @@ def last_checkpoint(run_dir: Path, checkpoint_dirs: list[Path] | None = None) ->
 
 def checkpoint_step(path: Path) -> int:
     """The optimizer step a checkpoint was written at (read lazily: the tensors are not loaded)."""
-    from .checkpointing import CheckpointReadError, safe_torch_load
-
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # let the full load give its clear error, naming the file
-        checkpoint = safe_torch_load(path)
+        checkpoint = load_torch_file(path, "checkpoint")
     if not isinstance(checkpoint, dict) or "global_step" not in checkpoint:
-        raise CheckpointReadError(f"checkpoint {path} has no 'global_step': not a Lightning training checkpoint")
+        raise ValueError(f"checkpoint {path} has no 'global_step': not a Lightning training checkpoint")
     return int(checkpoint["global_step"])
 
 

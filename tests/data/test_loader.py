@@ -1,6 +1,8 @@
 """The training order: per-rank shards of one permutation per epoch, and a loader whose position Lightning saves,
 so an interrupted epoch continues with the next unseen batch (any number of ranks, any num_workers)."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -92,6 +94,8 @@ def test_datamodule_state_refuses_other_data_settings_and_tiny_data(tmp_path):
     HizooDataModule(**{**dict(max_files=20, vocab_size=300, seq_len=32, batch_size=4)}).load_state_dict(state)
     with pytest.raises(ValueError, match="data.seed: 0 in the checkpoint, 1 now"):
         HizooDataModule(max_files=20, vocab_size=300, seq_len=32, batch_size=4, seed=1).load_state_dict(state)
-    big_batch = _datamodule(tmp_path, batch_size=len(dm.train_set) + 1)
-    with pytest.raises(ValueError, match="fewer than one batch of batch_size=.*no training step could run"):
-        big_batch.train_dataloader()
+    # enough sequences for one batch in total, not for one batch on each of 2 data-parallel ranks
+    per_rank_short = _datamodule(tmp_path, batch_size=len(dm.train_set) // 2 + 1)
+    per_rank_short.trainer = SimpleNamespace(world_size=2, global_rank=0)
+    with pytest.raises(ValueError, match="over 2 process\\(es\\): fewer than one batch of batch_size=.*no training step"):
+        per_rank_short.train_dataloader()
