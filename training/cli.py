@@ -56,8 +56,10 @@ class HizooCLI(LightningCLI):
         self.run_dir = Path(config.get("default_root_dir") or os.getcwd())
         checkpoint_dir = self.run_dir / "checkpoints"
 
-        callbacks = list(config.get("callbacks") or [])
+        callbacks = config.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
         defaults = self.trainer_defaults.get("callbacks") or []
+        defaults = list(defaults) if isinstance(defaults, (list, tuple)) else [defaults]
         checkpointers = [c for c in [*callbacks, *defaults] if isinstance(c, ModelCheckpoint)]
         if config.get("enable_checkpointing", True) is not False and not checkpointers:
             checkpointers = [RunCheckpoint()]
