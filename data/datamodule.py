@@ -6,7 +6,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .corpus import Document, check_max_files, file_documents, hub_documents, stdlib_documents
 from .tokenizer import check_vocab_size, train_or_load_tokenizer
@@ -25,23 +25,69 @@ class PackedSequences(Dataset):
         return {"input_ids": self.input_ids[i], "domain_ids": self.domain_ids[i]}
 
 
-class ResumableShuffle(Sampler[int]):
-    """A permutation drawn from (seed, epoch) alone, so an epoch's order does not depend on what ran before;
-    ``skip`` drops the first samples of the next pass (the batches a resumed run already trained on)."""
+class EpochShards(DistributedSampler):
+    """The training order: one permutation of the N sequences per epoch, drawn from (seed, epoch) alone, dealt
+    to the ``num_replicas`` data-parallel ranks in turn (rank r takes positions r, r + W, r + 2W, ... of the
+    permutation, so global batch t is permutation[t·B·W : (t+1)·B·W]). Each rank gets ⌊N / W⌋ samples; the
+    N mod W left over at the end of an epoch are skipped, as DistributedSampler with ``drop_last`` does.
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch, self.skip = n, seed, 0, 0
+    ``start`` skips the first ``start`` samples of the permutation (the part of the epoch a resumed run has
+    already trained on); the loader below sets it from its saved state. Being a DistributedSampler, Lightning
+    uses it as it is under DDP instead of wrapping it."""
 
-    def set_epoch(self, epoch: int) -> None:  # Lightning calls this at every epoch start
-        self.epoch = epoch
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.start = 0  # samples of this epoch's permutation already trained on (all ranks together)
 
     def __iter__(self):
-        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
-        skip, self.skip = self.skip, 0
-        return iter(order[skip:].tolist())
+        # seed·100003 + epoch: (seed 0, epoch 1) and (seed 1, epoch 0) give different orders
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(len(self.dataset), generator=generator)[: self.total_size]  # [W·⌊N/W⌋]
+        return iter(order[self.start + self.rank:: self.num_replicas].tolist())
 
-    def __len__(self) -> int:
-        return self.n - self.skip
+
+class ResumableLoader(DataLoader):
+    """A DataLoader whose position in the epoch is part of the training state: Lightning saves
+    ``state_dict()`` in every checkpoint (with the fit loop) and calls ``load_state_dict()`` before a resumed
+    run iterates, so the run continues with the next unseen batch, on every rank, whatever ``num_workers``.
+
+    ``len()`` is always the full epoch's batch count (Lightning's batch counter, restored from the checkpoint,
+    counts the batches already done); a resumed epoch yields only the rest. Batches are counted when they reach
+    the training loop (in this process), not when workers load them ahead."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, sampler: EpochShards, **kwargs):
+        super().__init__(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, **kwargs)
+        self._batches_done = 0  # batches of the current epoch handed to the training loop
+        self._resume: dict | None = None
+
+    def __iter__(self):
+        sampler: EpochShards = self.sampler
+        start = 0
+        if self._resume is not None and self._resume["epoch"] == sampler.epoch:
+            start = self._resume["batches_done"]
+        self._resume = None
+        sampler.start = start * self.batch_size * sampler.num_replicas
+        self._batches_done = start
+        for batch in super().__iter__():
+            self._batches_done += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        sampler: EpochShards = self.sampler
+        return {"epoch": sampler.epoch, "batches_done": self._batches_done, "batch_size": self.batch_size,
+                "world_size": sampler.num_replicas, "dataset_size": len(self.dataset), "seed": sampler.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        sampler: EpochShards = self.sampler
+        now = {"batch_size": self.batch_size, "world_size": sampler.num_replicas,
+               "dataset_size": len(self.dataset), "seed": sampler.seed}
+        changed = [f"{key}: {state[key]} in the checkpoint, {value} now" for key, value in now.items()
+                   if key in state and state[key] != value]
+        if changed:
+            raise ValueError("the checkpoint's data position cannot be continued exactly ("
+                             + "; ".join(changed) + "): resume with the same data, batch size and number of "
+                             "processes, or start a new run")
+        self._resume = {"epoch": state["epoch"], "batches_done": state["batches_done"]}
 
 
 class HizooDataModule(L.LightningDataModule):
@@ -49,8 +95,10 @@ class HizooDataModule(L.LightningDataModule):
 
     Every ``val_every``-th document (in corpus order) is held out for validation; the tokenizer is trained on
     the training documents only. Documents are joined with the end-of-text token and cut into sequences of
-    ``seq_len`` tokens. The training order is a permutation drawn from ``seed`` and the epoch, and a run
-    resumed from a checkpoint continues that order where it stopped.
+    ``seq_len`` tokens. The training order is a permutation drawn from ``seed`` and the epoch, dealt to the
+    data-parallel ranks; the loader's position is saved in every checkpoint, so a resumed run (DDP included)
+    continues that order with the next unseen batch. A resumed run must read the same data the same way:
+    ``load_state_dict`` refuses a checkpoint written with other data settings, naming them.
 
     Args:
         source: "stdlib" (the embedded corpus: the Python standard library's source), a local file or folder or a
@@ -135,19 +183,38 @@ class HizooDataModule(L.LightningDataModule):
         domains = torch.tensor(domains[: n * self.seq_len]).view(n, self.seq_len)
         return PackedSequences(ids, domains)
 
-    def train_dataloader(self) -> DataLoader:
-        sampler = ResumableShuffle(len(self.train_set), self.seed)
-        if self.trainer is not None and self.trainer.fit_loop.restarting:
-            # Resuming mid-epoch: Lightning restores the batch counter but starts a fresh iterator, so skip
-            # the batches the interrupted run already consumed; the run then sees exactly the same data.
-            done = self.trainer.fit_loop.epoch_loop.batch_progress.current.ready  # checkpoints are saved mid-batch-end
-            sampler.set_epoch(self.trainer.current_epoch)
-            sampler.skip = done * self.batch_size
-        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True,
-                          num_workers=self.num_workers)
+    def train_dataloader(self) -> ResumableLoader:
+        world_size, rank = 1, 0
+        if self.trainer is not None:
+            world_size, rank = self.trainer.world_size, self.trainer.global_rank
+        sampler = EpochShards(self.train_set, num_replicas=world_size, rank=rank, seed=self.seed)
+        if len(sampler) < self.batch_size:
+            raise ValueError(
+                f"the training split has {len(self.train_set)} sequences of seq_len={self.seq_len} tokens, "
+                f"{len(sampler)} per process over {world_size} process(es): fewer than one batch of "
+                f"batch_size={self.batch_size}, so no training step could run; lower data.batch_size or data.seq_len, "
+                "or use more data")
+        return ResumableLoader(self.train_set, self.batch_size, sampler, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers)
+
+    # Lightning saves these with every checkpoint and hands them back on resume, before the first batch.
+    _RESUME_FIELDS = ("source", "max_files", "vocab_size", "seq_len", "batch_size", "val_every", "seed", "text_field",
+                      "skip_bad_files")
+
+    def state_dict(self) -> dict:
+        source = self.source if isinstance(self.source, str) else list(self.source)
+        return {name: getattr(self, name) for name in self._RESUME_FIELDS} | {"source": source}
+
+    def load_state_dict(self, state: dict) -> None:
+        now = self.state_dict()
+        changed = [f"data.{name}: {state[name]!r} in the checkpoint, {now[name]!r} now"
+                   for name in self._RESUME_FIELDS if name in state and state[name] != now[name]]
+        if changed:
+            raise ValueError("resuming with data settings that differ from the checkpoint's run: "
+                             + "; ".join(changed) + ". A resumed run continues the same run: drop these overrides, "
+                             "or start a new run in another folder (--trainer.default_root_dir)")
 
 
 def _check_source(source) -> None:

@@ -1,4 +1,5 @@
-"""HizooLightningModule: HizooForCausalLM trained with CE + the routers' aux losses, AdamW, warm-up + cosine."""
+"""HizooLightningModule: HizooForCausalLM trained with CE + the routers' aux losses, AdamW, warm-up + cosine;
+router state updated once per optimizer step; throughput and MFU over the step's own compute time."""
 
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ class HizooLightningModule(L.LightningModule):
         self.model_config = model_config
         self.model: HizooForCausalLM | None = None
         self.expert_parallel: ExpertParallel | None = None
-        self._step_start = None
+        self._window = StepTimer()
 
     def configure_model(self) -> None:
         if self.model is not None:
@@ -90,7 +91,6 @@ class HizooLightningModule(L.LightningModule):
         if datamodule is not None and getattr(datamodule, "tokenizer", None) is not None:
             fields["vocab_size"] = len(datamodule.tokenizer)
         self.model = HizooForCausalLM(HizooConfig(**fields))
-        self.flops_per_token = training_flops_per_token(self.model.config)
         self._shard_experts()
 
     def _shard_experts(self) -> None:
@@ -110,16 +110,35 @@ class HizooLightningModule(L.LightningModule):
         self.log("train/ce", ce)
         for name, value in (out.aux_losses or {}).items():
             self.log(f"train/aux_{name}", value)
-        now = time.perf_counter()
-        if self._step_start is not None:
-            tokens_per_s = ids.numel() / (now - self._step_start)
-            tflops = tokens_per_s * self.flops_per_token / 1e12
-            self.log("train/tokens_per_s", tokens_per_s)
-            self.log("train/tflops", tflops)
-            if self.hparams.peak_tflops:  # model FLOPs utilization (PaLM, Appendix B)
-                self.log("train/mfu", tflops / self.hparams.peak_tflops)
-        self._step_start = now
+        self._window.add_tokens(ids.numel(), ids.numel() * training_flops_per_token(self.model.config, ids.shape[1]))
         return out.loss
+
+    # Throughput counts the time of the optimizer step's own work: every micro-batch from its start hook to the
+    # end of its backward, plus the optimizer step. Validation, checkpoint writes, data loading and the
+    # callbacks that run between batches are not in it.
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self._window.start()
+
+    def on_after_backward(self) -> None:
+        self._window.lap()
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)  # runs the window's last forward/backward (closure), then the step
+        update_router_states(self.model)  # once per optimizer step, over the whole accumulation window
+        self._window.lap()
+        self._window.finish_step()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        done = self._window.take_finished()
+        if done is None:
+            return
+        tokens, flops, seconds = done
+        tokens_per_s = tokens / seconds
+        tflops = flops / seconds / 1e12  # per device: tokens and time are this process's
+        self.log("train/tokens_per_s", tokens_per_s)
+        self.log("train/tflops", tflops)
+        if self.hparams.peak_tflops:  # model FLOPs utilization (PaLM, Appendix B)
+            self.log("train/mfu", tflops / self.hparams.peak_tflops)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         if self.expert_parallel is not None:
@@ -130,9 +149,6 @@ class HizooLightningModule(L.LightningModule):
             self.expert_parallel.clip_grad_norm_(self.model.parameters(), gradient_clip_val)  # norm over all experts
         else:
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
-
-    def on_before_zero_grad(self, optimizer) -> None:
-        update_router_states(self.model)  # once per optimizer step (loss-free bias, λ1 warm-up)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         ids = batch["input_ids"]
@@ -173,6 +189,19 @@ class HizooLightningModule(L.LightningModule):
         on every rank, before the process group is destroyed)."""
         return None if self.expert_parallel is None else self.expert_parallel.full_state_dict(self.model)
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A resumed run continues the checkpoint's run: its model and optimizer settings must be this run's.
+        Lightning would otherwise mix them silently (weights, the optimizer's lr/betas/weight decay and the
+        router state come from the checkpoint; loss coefficients and the schedule from the command line)."""
+        changed = _settings_changed(checkpoint, dict(self.hparams), self.model.config.to_dict() if self.model else None)
+        if changed:
+            path = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
+            raise ValueError(
+                f"resuming from {path or 'the checkpoint'} with settings that differ from the checkpoint's run: "
+                + "; ".join(f"{name}: {old!r} in the checkpoint, {new!r} now" for name, old, new in changed)
+                + ". A resumed run continues the same run: drop these overrides, or start a new run in another "
+                "folder (--trainer.default_root_dir)")
+
 
 def _check_number(name: str, value, low: float, high: float | None = None, low_open: bool = False,
                   high_open: bool = False) -> None:
@@ -187,9 +216,80 @@ def _check_number(name: str, value, low: float, high: float | None = None, low_o
         raise ValueError(f"{name}={value!r} must be a finite number in {interval}")
 
 
-def training_flops_per_token(config: HizooConfig, seq_len: int | None = None) -> float:
-    """Forward + backward FLOPs per token, 6·N_active + 6·L·S·d for attention (PaLM, Appendix B): N_active counts
-    the matrices a token passes through, with only K of E routed experts (plus shared experts) in MoE layers."""
+# Settings that only change how the same computation runs or is reported: a resumed run may change them.
+RESUME_MAY_CHANGE = {"peak_tflops", "expert_parallel_size", "model_config.experts_backend", "model_config.hc_recompute"}
+# Bookkeeping of transformers' PreTrainedConfig, not model settings.
+_CONFIG_BOOKKEEPING = {"_name_or_path", "architectures", "dtype", "torch_dtype", "transformers_version", "use_cache",
+                       "output_attentions", "output_hidden_states", "return_dict"}
+
+
+def _settings_changed(checkpoint: dict, hparams: dict, model_config: dict | None) -> list[tuple[str, object, object]]:
+    """(name, checkpoint value, current value) for every setting that differs: the LightningModule's arguments
+    and the full model config (with its defaults, so a field given on one side only still counts)."""
+    saved = dict(checkpoint.get("hyper_parameters") or {})
+    changed = []
+    for name in sorted((saved.keys() | hparams.keys()) - {"model_config"} - RESUME_MAY_CHANGE):
+        old, new = saved.get(name), hparams.get(name)
+        if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
+            old, new = list(old), list(new)
+        if old != new:
+            changed.append((f"model.{name}", old, new))
+    saved_config = checkpoint.get("hizoo_config")
+    if saved_config is not None and model_config is not None:
+        for name in sorted((saved_config.keys() | model_config.keys()) - _CONFIG_BOOKKEEPING):
+            if f"model_config.{name}" in RESUME_MAY_CHANGE:
+                continue
+            old, new = saved_config.get(name), model_config.get(name)
+            if old != new:
+                changed.append((f"model_config.{name}", old, new))
+    return changed
+
+
+class StepTimer:
+    """Tokens, model FLOPs and busy seconds of the current optimizer step (all micro-batches of its window)."""
+
+    def __init__(self):
+        self._started: float | None = None
+        self.tokens, self.flops, self.seconds = 0, 0.0, 0.0
+        self._finished: tuple[int, float, float] | None = None
+
+    def start(self) -> None:
+        self._started = time.perf_counter()
+
+    def lap(self) -> None:
+        """Add the time since ``start`` (or the previous lap) to the step."""
+        now = time.perf_counter()
+        if self._started is not None:
+            self.seconds += now - self._started
+        self._started = now
+
+    def add_tokens(self, tokens: int, flops: float) -> None:
+        self.tokens += tokens
+        self.flops += flops
+
+    def finish_step(self) -> None:
+        if self.tokens and self.seconds > 0:
+            self._finished = (self.tokens, self.flops, self.seconds)
+        self.tokens, self.flops, self.seconds = 0, 0.0, 0.0
+        self._started = None
+
+    def take_finished(self) -> tuple[int, float, float] | None:
+        """(tokens, FLOPs, seconds) of the step that just finished, once; None between steps."""
+        done, self._finished = self._finished, None
+        return done
+
+
+def training_flops_per_token(config: HizooConfig, seq_len: int) -> float:
+    """Model FLOPs per trained token, forward + backward (PaLM, Appendix B): 6·N + 12·L·H·Q·S.
+
+    N counts the weights a token is multiplied with: attention projections, the FFN (in MoE layers only the K
+    routed experts it goes to, the shared experts and the router), the LM head (the embedding lookup is no
+    matmul). 12·L·H·Q·S is attention itself (QKᵀ and AV, 2·2·H·Q·S forward, twice that backward) with H heads of
+    width Q over the training sequence length S, counted over the whole sequence as PaLM does (causal masking
+    is not discounted). MoE routing overheads (sorting, gathers) and the residual-stream mixing are not counted.
+    """
+    if not isinstance(seq_len, int) or seq_len < 1:
+        raise ValueError(f"seq_len={seq_len!r} must be a positive int (the training sequence length)")
     d, L = config.hidden_size, config.num_hidden_layers
     attn = d * config.head_dim * (2 * config.num_attention_heads + 2 * config.num_key_value_heads)
     active = config.vocab_size * d  # lm_head (the embedding lookup costs no FLOPs)
@@ -200,8 +300,8 @@ def training_flops_per_token(config: HizooConfig, seq_len: int | None = None) ->
         else:
             ffn = 3 * d * config.intermediate_size
         active += attn + ffn
-    seq_len = seq_len or config.max_position_embeddings
-    return 6.0 * active + 6.0 * L * seq_len * d
+    attention_scores = 12 * L * config.num_attention_heads * config.head_dim * seq_len
+    return 6.0 * active + attention_scores
 
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..kernels import GroupedExperts
@@ -38,9 +40,27 @@ class MoEFeedForward(nn.Module):
 
 
 def update_router_states(model: nn.Module) -> None:
-    """Once per optimizer step (after ``optimizer.step()``): let every router apply state updates accumulated
-    over the step's micro-batches. Routers opt in with an ``end_of_step()`` method: DeepSeek-V3's loss-free
-    bias update, the global-batch load-balance counts of ``topk``, Hi-MoE's step counter (λ1 warm-up)."""
-    for module in model.modules():
-        if isinstance(module, MoEFeedForward) and hasattr(module.router, "end_of_step"):
-            module.router.end_of_step()
+    """Once per optimizer step, after the last micro-batch of the accumulation window (Lightning: hizoo's
+    LightningModule calls it right after ``optimizer.step()``; a plain loop or the HF ``Trainer``: call it after
+    each ``optimizer.step()``): every router applies the state updates of the step's training forwards.
+    DeepSeek-V3's loss-free bias moves from the loads of the whole window; ``topk`` forgets the global-batch
+    counts; Hi-MoE counts the step (λ1 warm-up).
+
+    Routers opt in with ``end_of_step()``; those whose update needs counts summed over data-parallel ranks also
+    expose ``pending_counts()`` ([n] fp32 on this rank). All layers' counts travel in ONE ``all_reduce`` of
+    their concatenation, and each router gets its reduced slice as ``end_of_step(reduced)``."""
+    routers = [m.router for m in model.modules() if isinstance(m, MoEFeedForward) and hasattr(m.router, "end_of_step")]
+    pending = [(router, router.pending_counts()) for router in routers if hasattr(router, "pending_counts")]
+    reduced: dict[int, Tensor] = {}
+    if pending:
+        sizes = [counts.numel() for _, counts in pending]
+        flat = torch.cat([counts.detach().float().flatten() for _, counts in pending])  # [Σ n]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(flat)
+        for (router, counts), part in zip(pending, flat.split(sizes)):
+            reduced[id(router)] = part.view_as(counts)
+    for router in routers:
+        if id(router) in reduced:
+            router.end_of_step(reduced[id(router)])
+        else:
+            router.end_of_step()

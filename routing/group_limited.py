@@ -21,7 +21,8 @@ class GroupLimitedRouter(Router):
     - combine weights: the unbiased s of the chosen, normalized over the K, × ``routed_scaling_factor`` (Eq. 13).
     - b moves outside autograd once per optimizer step: ``end_of_step()`` applies
       b_i += γ · sign(mean_load − load_i) (loss-free balancing, Alg. 1), loads counted over the step's
-      training forwards (summed over data-parallel ranks so every rank keeps the same b).
+      training forwards, every micro-batch of an accumulation window (summed over data-parallel ranks so every
+      rank keeps the same b).
     - optional sequence-wise balance loss α · Σ_i f_i P_i per sequence (Eqs. 17-20), as ``seq_balance``;
       it needs ``seq_len`` in ``forward``.
     """
@@ -42,12 +43,20 @@ class GroupLimitedRouter(Router):
         init.zeros_(self.expert_bias)
         init.zeros_(self.step_load)
 
+    def pending_counts(self) -> Tensor:
+        """This rank's expert loads of the current optimizer step [E], to be summed over data-parallel ranks."""
+        return self.step_load
+
     @torch.no_grad()
-    def end_of_step(self) -> None:
-        """Loss-free balancing update (arXiv 2408.15664, Alg. 1): b_i += γ · sign(mean_load − load_i)."""
-        load = self.step_load.clone()  # [E]
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(load)
+    def end_of_step(self, load: Tensor | None = None) -> None:
+        """Loss-free balancing update (arXiv 2408.15664, Alg. 1): b_i += γ · sign(mean_load − load_i), with the
+        loads of every training forward of the optimizer step (all micro-batches of the accumulation window).
+        ``load``: those loads already summed over data-parallel ranks (``update_router_states`` reduces every
+        layer's at once); None: this router sums its own ``step_load`` over the ranks."""
+        if load is None:
+            load = self.step_load.clone()  # [E]
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                dist.all_reduce(load)
         if load.sum() > 0:
             self.expert_bias += self.bias_update_rate * torch.sign(load.mean() - load)
         self.step_load.zero_()

@@ -20,14 +20,14 @@ import train  # noqa: E402  (train.py is a script at the repository root)
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
-    args = ["fit", "--config", TINY, "--trainer.default_root_dir", str(workdir),
-            "--trainer.logger.init_args.save_dir", str(workdir), "--data.cache_dir", str(workdir / "cache")]
+    args = ["fit", "--config", TINY, "--trainer.default_root_dir", str(workdir / "tiny"),
+            "--data.cache_dir", str(workdir / "cache")]
     train.main(args)
-    return workdir
+    return workdir / "tiny"
 
 
 def test_tiny_run_learns_and_exports(tiny_run):
-    version = tiny_run / "tiny" / "version_0"
+    version = tiny_run  # the run folder holds the logs, checkpoints/ and hf_model/
     export = version / "hf_model"
     assert (export / "model.safetensors").is_file() and (export / "tokenizer.json").is_file()
     assert list(version.glob("events.out.tfevents.*"))
@@ -58,7 +58,7 @@ print("generated:", repr(tok.decode(out[0])))
 
 
 def test_export_loads_in_fresh_interpreter_and_generates(tiny_run):
-    export = tiny_run / "tiny" / "version_0" / "hf_model"
+    export = tiny_run / "hf_model"
     result = subprocess.run([sys.executable, "-c", _FRESH, str(export)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "generated:" in result.stdout
@@ -72,7 +72,7 @@ def test_export_has_consistent_special_tokens_left_padding_and_a_card(tiny_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from transformers import AutoTokenizer
 
-    version = tiny_run / "tiny" / "version_0"
+    version = tiny_run  # the run folder
     export = version / "hf_model"
     config = json.loads((export / "config.json").read_text())
     generation = json.loads((export / "generation_config.json").read_text())
@@ -103,7 +103,7 @@ def test_export_loads_and_generates_without_hizoo(tiny_run, tmp_path):
 
     from hizoo import HizooForCausalLM
 
-    export = tiny_run / "tiny" / "version_0" / "hf_model"
+    export = tiny_run / "hf_model"
     model, tokenizer = HizooForCausalLM.from_pretrained(export).eval(), AutoTokenizer.from_pretrained(export)
     prompts = ["def main(", "import os\nprint(os.path"]
     with torch.no_grad():
@@ -128,7 +128,7 @@ def test_checkpoint_loads_into_the_same_model(tiny_run):
 
     last = next(tiny_run.rglob("last.ckpt"))
     from_ckpt = load_model_from_checkpoint(last).eval()
-    exported = load_model_from_checkpoint(tiny_run / "tiny" / "version_0" / "hf_model").eval()
+    exported = load_model_from_checkpoint(tiny_run / "hf_model").eval()
     ids = torch.randint(0, 384, (1, 10))
     with torch.no_grad():
         torch.testing.assert_close(from_ckpt(ids).logits, exported(ids).logits)
@@ -156,8 +156,7 @@ def test_unknown_config_key_is_rejected(tmp_path):
 
 def test_bad_model_field_is_rejected(tmp_path):
     args = ["fit", "--config", TINY, "--trainer.default_root_dir", str(tmp_path), "--data.cache_dir",
-            str(tmp_path / "cache"), "--trainer.logger.init_args.save_dir", str(tmp_path),
-            "--model.model_config.num_experts_per_tok", "9"]
+            str(tmp_path / "cache"), "--model.model_config.num_experts_per_tok", "9"]
     with pytest.raises(ValueError, match="num_experts_per_tok=9"):
         train.main(args)
 
@@ -182,25 +181,23 @@ class _CrashAt(L.Callback):
 
 
 def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path):
-    """30 steps straight vs a run interrupted at step 12, resumed from last.ckpt (step 10): same losses."""
+    """30 steps straight vs a run interrupted at step 12, resumed with --ckpt_path last (step 10): same losses,
+    and the run folder's TensorBoard curve shows every step once."""
     common = ["--config", TINY, "--data.cache_dir", str(tmp_path / "cache"), "--trainer.log_every_n_steps", "2",
               "--trainer.limit_val_batches", "0", "--model.model_config.router", "himoe",
               "--model.model_config.n_groups", "2"]
     straight = tmp_path / "straight"
-    train.main(["fit", *common, "--trainer.default_root_dir", str(straight),
-                "--trainer.logger.init_args.save_dir", str(straight)])
+    train.main(["fit", *common, "--trainer.default_root_dir", str(straight)])
     resumed = tmp_path / "resumed"
     with pytest.raises(SystemExit):  # Lightning exits after an interrupt
-        train.main(["fit", *common, "--trainer.default_root_dir", str(resumed),
-                    "--trainer.logger.init_args.save_dir", str(resumed)],
+        train.main(["fit", *common, "--trainer.default_root_dir", str(resumed)],
                    trainer_defaults={"callbacks": [_CrashAt(12)]})
-    last = next(resumed.rglob("last.ckpt"))
-    train.main(["fit", *common, "--trainer.default_root_dir", str(resumed),
-                "--trainer.logger.init_args.save_dir", str(resumed), "--ckpt_path", str(last)])
-    full = _losses(straight / "tiny" / "version_0")
-    tail = _losses(resumed / "tiny" / "version_1")
-    assert len(full) == 15 and len(tail) == 10
-    torch.testing.assert_close(torch.tensor(tail), torch.tensor(full[5:]), atol=1e-5, rtol=1e-5)
+    assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
+    train.main(["fit", *common, "--trainer.default_root_dir", str(resumed), "--ckpt_path", "last"])
+    full = _losses(straight)
+    merged = _losses(resumed)  # the interrupted start's steps 10-11 are hidden by the resumed start
+    assert len(full) == 15 and len(merged) == 15
+    torch.testing.assert_close(torch.tensor(merged), torch.tensor(full), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("config_path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.stem)
@@ -224,12 +221,12 @@ def test_ddp_with_two_cpu_processes(tmp_path):
             "false", "--data.max_files", "30", "--data.vocab_size", "384", "--data.seq_len", "64",
             "--data.batch_size", "4", "--model.model_config.hidden_size", "64",
             "--model.model_config.num_hidden_layers", "2", "--data.cache_dir", str(tmp_path / "cache"),
-            "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path)]
+            "--trainer.default_root_dir", str(tmp_path / "ddp_cpu")]
     result = subprocess.run([sys.executable, str(REPO / "train.py"), *args], capture_output=True, text=True,
                             timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MEMBER: 2/2" in result.stderr + result.stdout
-    assert (tmp_path / "ddp_cpu" / "version_0" / "hf_model" / "model.safetensors").is_file()
+    assert (tmp_path / "ddp_cpu" / "hf_model" / "model.safetensors").is_file()
 
 
 def test_non_finite_loss_stops_with_the_step_number():
@@ -253,6 +250,6 @@ def test_flops_per_token_counts_active_experts_only():
                 num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, max_position_embeddings=16)
     few, many = HizooConfig(**base), HizooConfig(**{**base, "num_experts": 64})
     # 56 more experts add only router FLOPs: 6 · 2 layers · 64 · 56
-    assert training_flops_per_token(many) - training_flops_per_token(few) == 6 * 2 * 64 * 56
+    assert training_flops_per_token(many, 16) - training_flops_per_token(few, 16) == 6 * 2 * 64 * 56
     more_active = HizooConfig(**{**base, "num_experts_per_tok": 4})
-    assert training_flops_per_token(more_active) - training_flops_per_token(few) == 6 * 2 * 3 * 64 * 32 * 2
+    assert training_flops_per_token(more_active, 16) - training_flops_per_token(few, 16) == 6 * 2 * 3 * 64 * 32 * 2

@@ -17,12 +17,12 @@ def test_ep_cpu_config_trains_and_exports_every_expert(tmp_path):
             "false", "--data.max_files", "30", "--data.vocab_size", "384", "--data.seq_len", "64",
             "--data.batch_size", "4", "--model.model_config.hidden_size", "64",
             "--model.model_config.num_hidden_layers", "2", "--data.cache_dir", str(tmp_path / "cache"),
-            "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path)]
+            "--trainer.default_root_dir", str(tmp_path / "ep_cpu")]
     result = subprocess.run([sys.executable, str(REPO / "train.py"), *args], capture_output=True, text=True,
                             timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MEMBER: 2/2" in result.stderr + result.stdout
-    export = tmp_path / "ep_cpu" / "version_0" / "hf_model"
+    export = tmp_path / "ep_cpu" / "hf_model"
     from hizoo import HizooForCausalLM
     from hizoo.models.lightning import load_model_from_checkpoint
 
