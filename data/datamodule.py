@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .corpus import Document, file_documents, hub_documents, stdlib_documents
 from .tokenizer import train_or_load_tokenizer
+from . import scale
 
 
 class PackedSequences(Dataset):
@@ -52,12 +53,22 @@ class HizooDataModule(L.LightningDataModule):
     the training documents only. Documents are joined with the end-of-text token and cut into sequences of
     ``seq_len`` tokens. The training order is a permutation drawn from ``seed`` and the epoch, and a run
     resumed from a checkpoint continues that order where it stopped.
+
+    At scale (``data/scale.py``): ``source`` may be a folder written by ``python -m hizoo.data.prepare`` (read
+    through ``np.memmap``; its tokenizer and split are the folder's), or, with ``streaming=True``, ``hf:NAME`` or
+    a jsonl/json/parquet file streamed and packed on the fly (validation: the first ``val_sequences`` held-out
+    sequences). ``tokenizer``: a Hugging Face tokenizer folder or hub name instead of the trained BPE (then
+    ``vocab_size`` is unused; the model's vocabulary is ``len(tokenizer)``). ``weights``: domain -> proportion
+    of training sequences (``data/mixture.py``); validation keeps the natural split.
     """
 
     def __init__(self, source: str | list[str] = "stdlib", max_files: int | None = None, vocab_size: int = 4096,
                  seq_len: int = 256, batch_size: int = 8, val_every: int = 20, seed: int = 0,
-                 cache_dir: str = "runs/cache", num_workers: int = 0):
+                 cache_dir: str = "runs/cache", num_workers: int = 0, tokenizer: str | None = None,
+                 weights: dict[str, float] | None = None, streaming: bool = False, val_sequences: int = 512):
         super().__init__()
+        scale.check_arguments(source, tokenizer, weights, streaming, val_sequences)
+        self.tokenizer_name, self.weights, self.streaming, self.val_sequences = tokenizer, weights, streaming, val_sequences
         if seq_len < 2:
             raise ValueError(f"seq_len={seq_len} must be >= 2")
         if val_every < 2:
@@ -78,13 +89,16 @@ class HizooDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.tokenizer is not None:
             return
+        if scale.setup(self):  # a prepared folder or a stream
+            return
         docs = self._documents()
         self.domain_names = sorted({d.domain for d in docs})
         val_docs = docs[self.val_every - 1:: self.val_every]
         train_docs = [d for i, d in enumerate(docs) if (i + 1) % self.val_every]
         if not val_docs or not train_docs:
             raise ValueError(f"the corpus has {len(docs)} documents; with val_every={self.val_every} one split is empty")
-        self.tokenizer = train_or_load_tokenizer([d.text for d in train_docs], self.vocab_size, self.cache_dir)
+        self.tokenizer = (scale.load_tokenizer(self.tokenizer_name) if self.tokenizer_name else
+                          train_or_load_tokenizer([d.text for d in train_docs], self.vocab_size, self.cache_dir))
         self.train_set = self._pack(train_docs, "train")
         self.val_set = self._pack(val_docs, "validation")
 
@@ -104,6 +118,8 @@ class HizooDataModule(L.LightningDataModule):
         return PackedSequences(ids, domains)
 
     def train_dataloader(self) -> DataLoader:
+        if self.streaming or self.weights is not None:  # loaders whose position Lightning saves (data/loader.py)
+            return scale.resumable_train_loader(self)
         sampler = ResumableShuffle(len(self.train_set), self.seed)
         if self.trainer is not None and self.trainer.fit_loop.restarting:
             # Resuming mid-epoch: Lightning restores the batch counter but starts a fresh iterator, so skip
@@ -116,3 +132,7 @@ class HizooDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers)
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        scale.mark_consumed(self)  # a training step received a batch: the resumable loader's position advances
+        return batch
