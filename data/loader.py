@@ -10,8 +10,8 @@ batch handed out counts as consumed (plain loops, maps with a length).
 
 Two kinds of position:
 - a map-style dataset with a sampler that has ``start`` and ``set_epoch`` (``DomainMixtureSampler``):
-  ``{"epoch", "batches"}``; on resume the sampler redraws that epoch and skips ``batches * batch_size``
-  indices of this rank;
+  ``{"epoch", "batches"}``; on resume the sampler redraws that epoch and skips the ``batches * batch_size *
+  num_replicas`` positions all ranks trained on;
 - an iterable dataset with ``state_dict``/``load_state_dict`` (``StreamingSequences``, ``num_workers=0``):
   ``{"epoch", "batches", "dataset"}`` with the dataset's own position after the last consumed batch.
 """
@@ -24,7 +24,7 @@ from collections import deque
 from torch.utils.data import DataLoader, IterableDataset
 
 
-class ResumableLoader(DataLoader):
+class StatefulLoader(DataLoader):
     def __init__(self, *args, explicit_consumption: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.explicit_consumption = explicit_consumption
@@ -80,7 +80,7 @@ class ResumableLoader(DataLoader):
         else:
             if resume:
                 self.sampler.set_epoch(self._epoch)
-            self.sampler.start = self._consumed * self.batch_size
+            self.sampler.start = self._consumed * self.batch_size * getattr(self.sampler, "num_replicas", 1)
         return self._counting(super().__iter__())
 
     def _counting(self, batches):

@@ -67,8 +67,9 @@ class DomainMixtureSampler(DistributedSampler):
     """Indices of sequences drawn by domain with proportions ``probs`` (see the module docstring).
 
     A ``DistributedSampler`` subclass so Lightning leaves it as it is under DDP (it shards by rank itself).
-    ``set_epoch`` selects the epoch's draw; ``start`` (set by the resumable loader) skips this rank's first
-    ``start`` indices of the epoch once. ``len`` is the rank's full epoch, the same before and after a resume.
+    ``set_epoch`` selects the epoch's draw; ``start`` (set by the loader on resume) skips the first ``start``
+    positions of the epoch's global order, all ranks together, once (a multiple of ``num_replicas``). ``len`` is
+    the rank's full epoch, the same before and after a resume.
     """
 
     def __init__(self, labels: np.ndarray, probs: np.ndarray, seed: int = 0, num_replicas: int = 1, rank: int = 0,
@@ -104,8 +105,8 @@ class DomainMixtureSampler(DistributedSampler):
     def __iter__(self):
         start, self.start = self.start, 0
         self.drawn_epoch = self.epoch  # what the loader records (workers may draw before Lightning's set_epoch)
-        mine = self.epoch_order(self.epoch)[self.rank:: self.num_replicas]
-        return map(int, mine[start:])  # lazily: no list of Python ints for the whole epoch
+        mine = self.epoch_order(self.epoch)[start + self.rank:: self.num_replicas]
+        return map(int, mine)  # lazily: no list of Python ints for the whole epoch
 
     def __len__(self) -> int:
         return self.num_samples

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from .loader import ResumableLoader
+from .loader import StatefulLoader
 from .mixture import DomainMixtureSampler, normalize_weights, sequence_domains
 from .pretrained import load_tokenizer
 from .shards import is_prepared, load_prepared
@@ -86,17 +86,17 @@ def setup(dm) -> bool:
     return True
 
 
-def resumable_train_loader(dm) -> ResumableLoader:
+def resumable_train_loader(dm) -> StatefulLoader:
     """The training loader of a stream or a domain mixture: its position is saved in checkpoints."""
     if dm.streaming:
-        return ResumableLoader(dm.train_set, batch_size=dm.batch_size, num_workers=dm.num_workers,
+        return StatefulLoader(dm.train_set, batch_size=dm.batch_size, num_workers=dm.num_workers,
                                explicit_consumption=dm.trainer is not None)
     if not hasattr(dm, "_sequence_domains"):  # one pass over the domain ids; cached for later epochs
         dm._sequence_domains = sequence_domains(dm.train_set, len(dm.domain_names))
     rank, world = _rank(dm)
     sampler = DomainMixtureSampler(dm._sequence_domains, normalize_weights(dm.weights, dm.domain_names),
                                    seed=dm.seed, num_replicas=world, rank=rank)
-    return ResumableLoader(dm.train_set, batch_size=dm.batch_size, sampler=sampler, drop_last=True,
+    return StatefulLoader(dm.train_set, batch_size=dm.batch_size, sampler=sampler, drop_last=True,
                            num_workers=dm.num_workers, explicit_consumption=dm.trainer is not None)
 
 
@@ -106,5 +106,5 @@ def mark_consumed(dm) -> None:
     if trainer is None or not trainer.training:
         return
     loader = trainer.train_dataloader
-    if isinstance(loader, ResumableLoader) and loader.explicit_consumption:
+    if isinstance(loader, StatefulLoader) and loader.explicit_consumption:
         loader.mark_consumed()

@@ -12,7 +12,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from hizoo.data import HizooDataModule
-from hizoo.data.loader import ResumableLoader
+from hizoo.data.loader import StatefulLoader
 from hizoo.data.mixture import DomainMixtureSampler, majority_domains, normalize_weights
 from hizoo.data.streaming import StreamingSequences, open_stream
 
@@ -158,7 +158,7 @@ def test_streaming_loader_counts_consumed_batches_not_prefetched_ones(tok_dir, r
     dm.setup()
     assert dm.domain_names == ["books"] and len(dm.val_set) == 3
     straight = [b["input_ids"] for b in dm.train_dataloader()]
-    loader = ResumableLoader(dm.train_set, batch_size=2, explicit_consumption=True)
+    loader = StatefulLoader(dm.train_set, batch_size=2, explicit_consumption=True)
     iterator = iter(loader)
     for _ in range(3):
         next(iterator)
@@ -169,12 +169,12 @@ def test_streaming_loader_counts_consumed_batches_not_prefetched_ones(tok_dir, r
     dm2 = HizooDataModule(source=records, tokenizer=tok_dir, streaming=True, seq_len=16, batch_size=2, val_every=4,
                           val_sequences=3)
     dm2.setup()
-    resumed = ResumableLoader(dm2.train_set, batch_size=2)
+    resumed = StatefulLoader(dm2.train_set, batch_size=2)
     resumed.load_state_dict(state)
     rest = [b["input_ids"] for b in resumed]
     assert len(rest) == len(straight) - 3
     assert all(torch.equal(a, b) for a, b in zip(rest, straight[3:]))
     with pytest.raises(ValueError, match="num_workers=2"):
-        ResumableLoader(dm.train_set, batch_size=2, num_workers=2)
+        StatefulLoader(dm.train_set, batch_size=2, num_workers=2)
     with pytest.raises(ValueError, match="needs a pretrained tokenizer"):
         HizooDataModule(source=records, streaming=True)
