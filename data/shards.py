@@ -11,8 +11,7 @@ Layout of the folder::
 Within a split the shards, read in order, are the split's documents in corpus order, each followed by the
 end-of-text token: exactly the token stream ``HizooDataModule`` packs in memory, so sequence ``i`` of a split
 is tokens ``[i * seq_len, (i + 1) * seq_len)`` of that stream (the incomplete tail is dropped). Reading a
-sequence touches only its own bytes, so memory does not grow with the corpus; the maps are opened lazily in
-each process, so the datasets pickle small into DataLoader workers.
+sequence maps and reads only its own bytes, so memory does not grow with the corpus.
 """
 
 from __future__ import annotations
@@ -95,7 +94,13 @@ def verify_files(folder: str | Path, meta: dict, hashes: bool = False) -> None:
 
 
 class SplitTokens:
-    """One split's token and domain files read as one flat stream: ``read(start, stop)`` -> (tokens, domains)."""
+    """One split's token and domain files read as one flat stream: ``read(start, stop)`` -> (tokens, domains).
+
+    Each read maps the files it needs with ``np.memmap`` and unmaps them when done (as nanoGPT does per
+    batch): a long-lived map keeps every page it ever touched in the process's resident memory (with large
+    page-cache folios, hundreds of KB per random read), so resident memory would grow with the corpus read.
+    The pages stay in the kernel's page cache, shared and reclaimable, so rereads are still served from memory.
+    The object holds only paths and offsets, so it pickles small into DataLoader workers."""
 
     def __init__(self, folder: str | Path, meta: dict, split: str):
         if split not in SPLITS:
@@ -106,36 +111,27 @@ class SplitTokens:
         self.files = [(str(folder / e["tokens"]), str(folder / e["domains"])) for e in entries]
         self.offsets = np.cumsum([0] + [e["num_tokens"] for e in entries])  # [shards + 1] start of each shard
         self.dtype = np.dtype(meta["dtype"])
-        self._maps: list[tuple[np.memmap, np.memmap]] | None = None
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
-
-    def __getstate__(self) -> dict:  # a memmap pickles as a full copy of its data: reopen in the worker instead
-        return {**self.__dict__, "_maps": None}
-
-    def _open(self) -> list[tuple[np.memmap, np.memmap]]:
-        if self._maps is None:
-            self._maps = [(np.memmap(t, dtype=self.dtype, mode="r"), np.memmap(d, dtype=DOMAIN_DTYPE, mode="r"))
-                          for t, d in self.files]
-        return self._maps
 
     def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Tokens and domain ids ``[start, stop)`` of the split, as int64 arrays (copies)."""
         if not 0 <= start <= stop <= len(self):
             raise IndexError(f"tokens [{start}, {stop}) outside the {self.split} split's {len(self)} tokens")
-        maps = self._open()
-        first = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        shard = int(np.searchsorted(self.offsets, start, side="right")) - 1
         tokens, domains = [], []
         while start < stop:  # a range may span shard boundaries
-            lo, hi = int(self.offsets[first]), int(self.offsets[first + 1])
+            lo, hi = int(self.offsets[shard]), int(self.offsets[shard + 1])
             end = min(stop, hi)
-            tokens.append(maps[first][0][start - lo: end - lo])
-            domains.append(maps[first][1][start - lo: end - lo])
-            start, first = end, first + 1
+            token_file, domain_file = self.files[shard]
+            # astype copies out of the maps, which are unmapped when they go out of scope here
+            tokens.append(np.memmap(token_file, dtype=self.dtype, mode="r")[start - lo: end - lo].astype(np.int64))
+            domains.append(np.memmap(domain_file, dtype=DOMAIN_DTYPE, mode="r")[start - lo: end - lo].astype(np.int64))
+            start, shard = end, shard + 1
         if not tokens:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        return np.concatenate(tokens).astype(np.int64), np.concatenate(domains).astype(np.int64)
+        return np.concatenate(tokens), np.concatenate(domains)
 
 
 class MemmapSequences(Dataset):
