@@ -36,14 +36,65 @@ REPO = Path(__file__).resolve().parent.parent
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
 
 
-def _prepare(sources: list[str], tokenizer: str, out: Path, num_proc: int) -> tuple[int, float]:
-    """(tokens, seconds) of one prepare into a new folder, in this process (interpreter start-up excluded)."""
+_CHILD = """
+import json, sys, time
+sys.path.insert(0, {repo!r})
+
+
+import threading
+
+
+def _status(key):
+    return int(open("/proc/self/status").read().split(key + ":")[1].split()[0]) / 1024
+
+
+def peak_mib():  # VmHWM: this process's own peak (ru_maxrss would carry over the parent's RSS from the fork)
+    return _status("VmHWM")
+
+
+ANON = [0.0]  # peak anonymous memory (heap, tensors), sampled: RSS also counts mapped file pages (Arrow caches,
+              # shared libraries), which are page cache the kernel can reclaim
+
+
+def _sample():
+    while True:
+        ANON[0] = max(ANON[0], _status("RssAnon"))
+        time.sleep(0.02)
+
+
+threading.Thread(target=_sample, daemon=True).start()
+
+
+if sys.argv[1] == "prepare":
     from hizoo.data.prepare import prepare
 
+    *sources, tokenizer, out, num_proc = sys.argv[2:]
     start = time.perf_counter()
-    meta = prepare(sources, tokenizer, out, num_proc=num_proc, progress=False)
+    meta = prepare(sources, tokenizer, out, num_proc=int(num_proc), progress=False)
     seconds = time.perf_counter() - start
-    return meta["splits"]["train"]["tokens"] + meta["splits"]["validation"]["tokens"], seconds
+    tokens = meta["splits"]["train"]["tokens"] + meta["splits"]["validation"]["tokens"]
+    print("RESULT", json.dumps({{"tokens": tokens, "seconds": seconds, "peak_mib": peak_mib(), "anon_mib": ANON[0]}}))
+else:
+    import train
+
+    train.main(sys.argv[2:])
+    print("RESULT", json.dumps({{"peak_mib": peak_mib(), "anon_mib": ANON[0]}}))
+"""
+
+
+def _child(work: Path, *args: str) -> dict:
+    """Run a prepare or a training in a fresh process: its result, with its own peak resident memory (MiB)."""
+    script = work / "bench_child.py"
+    script.write_text(_CHILD.format(repo=str(REPO)))
+    out = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(out.stderr[-3000:])
+    return json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT"))[len("RESULT"):])
+
+
+def _prepare(work: Path, sources: list[str], tokenizer: str, out: Path, num_proc: int) -> dict:
+    """tokens, seconds (interpreter start-up and imports excluded) and peak memory of one prepare."""
+    return _child(work, "prepare", *sources, tokenizer, str(out), str(num_proc))
 
 
 def bench_prepare(work: Path) -> dict:
@@ -57,8 +108,8 @@ def bench_prepare(work: Path) -> dict:
     cores = os.cpu_count() or 1
     rows = {}
     for num_proc in sorted({1, cores}):
-        tokens, seconds = _prepare(["stdlib"], str(tok_dir), work / f"stdlib-{num_proc}", num_proc)
-        rows[num_proc] = {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
+        row = _prepare(work, ["stdlib"], str(tok_dir), work / f"stdlib-{num_proc}", num_proc)
+        rows[num_proc] = {**row, "tokens_per_s": row["tokens"] / row["seconds"]}
     same = all((work / f"stdlib-1" / f.name).read_bytes() == f.read_bytes()
                for f in (work / f"stdlib-{cores}").iterdir() if f.is_file())
     return {"rows": rows, "identical": same, "folder": work / "stdlib-1", "tokenizer": tok}
@@ -73,7 +124,19 @@ def bench_loader(folder: Path, tokenizer, seconds: float = 5.0) -> dict:
     config = yaml.safe_load(QUICKSTART.read_text())
     seq_len, batch = config["data"]["seq_len"], config["data"]["batch_size"]
     data = MemmapSequences(SplitTokens(folder, read_metadata(folder), "train"), seq_len)
-    result = {}
+    model = HizooForCausalLM(HizooConfig(**{**config["model"]["model_config"], "vocab_size": len(tokenizer)}))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ids = torch.stack([data[i]["input_ids"] for i in range(batch)])
+    times = []
+    for step in range(6):
+        start = time.perf_counter()
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if step:  # the first step warms up
+            times.append(time.perf_counter() - start)
+    result = {"step_tokens_per_s": ids.numel() / float(np.median(times))}
     for workers in (0, 2):
         loader = DataLoader(data, batch_size=batch, sampler=RandomSampler(data, generator=torch.Generator().manual_seed(0)),
                             num_workers=workers, drop_last=True, persistent_workers=workers > 0)
@@ -87,19 +150,6 @@ def bench_loader(folder: Path, tokenizer, seconds: float = 5.0) -> dict:
                 it = iter(loader)
         result[f"loader_{workers}"] = n / (time.perf_counter() - start)
         del it, loader
-    model = HizooForCausalLM(HizooConfig(**{**config["model"]["model_config"], "vocab_size": len(tokenizer)}))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    ids = torch.stack([data[i]["input_ids"] for i in range(batch)])
-    times = []
-    for step in range(6):
-        start = time.perf_counter()
-        loss = model(ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        if step:  # the first step warms up
-            times.append(time.perf_counter() - start)
-    result["step_tokens_per_s"] = ids.numel() / float(np.median(times))
     return result
 
 
@@ -134,27 +184,15 @@ def word_tokenizer(folder: Path) -> str:
     return str(folder)
 
 
-_RSS = """
-import resource, sys
-sys.path.insert(0, {repo!r})
-import train
-train.main(sys.argv[1:])
-print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-"""
-
-
-def train_peak_rss(folder: Path, work: Path, steps: int) -> float:
-    """Peak resident memory (MiB) of a quickstart training run of ``steps`` steps on ``folder``, fresh process."""
-    script = work / "rss_train.py"
-    script.write_text(_RSS.format(repo=str(REPO)))
+def train_memory(folder: Path, work: Path, steps: int) -> dict:
+    """Peak resident and peak anonymous memory (MiB) of a quickstart training run of ``steps`` steps on
+    ``folder``, in a fresh process."""
     run_dir = work / f"run-{folder.name}"
     args = ["fit", "--config", str(QUICKSTART), "--data.source", str(folder), "--trainer.max_steps", str(steps),
             "--trainer.val_check_interval", str(steps), "--trainer.limit_val_batches", "2",
             "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(run_dir),
-            "--trainer.logger.init_args.save_dir", str(run_dir)]
-    out = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, check=True).stdout
-    kb = int(next(line.split()[1] for line in out.splitlines() if line.startswith("PEAK_RSS_KB")))
-    return kb / 1024
+            "--trainer.logger", "false"]
+    return _child(work, "train", *args)
 
 
 def main() -> None:
@@ -170,9 +208,11 @@ def main() -> None:
     print(f"{os.cpu_count()} cores, torch {torch.__version__}, threads {torch.get_num_threads()}\n")
 
     prep = bench_prepare(work)
-    print("| prepare (stdlib, BPE 2048) | tokens | seconds | tokens/s |\n|---|---|---|---|")
+    print("| prepare (stdlib, BPE 2048) | tokens | seconds | tokens/s | main process peak RSS / anon (MiB) |\n"
+          "|---|---|---|---|---|")
     for num_proc, row in prep["rows"].items():
-        print(f"| --num-proc {num_proc} | {row['tokens']:,} | {row['seconds']:.1f} | {row['tokens_per_s']:,.0f} |")
+        print(f"| --num-proc {num_proc} | {row['tokens']:,} | {row['seconds']:.1f} | {row['tokens_per_s']:,.0f} "
+              f"| {row['peak_mib']:,.0f} / {row['anon_mib']:,.0f} |")
     print(f"\noutput byte-identical across --num-proc: {prep['identical']}\n")
 
     load = bench_loader(prep["folder"], prep["tokenizer"])
@@ -183,21 +223,23 @@ def main() -> None:
         rate = load[f"loader_{workers}"]
         print(f"| memmap loader, num_workers={workers} | {rate:,.0f} | {rate / step:,.0f} |")
 
-    print("\n| synthetic corpus | prepare tokens/s (--num-proc "
-          f"{os.cpu_count()}) | shard MB | peak RSS of {args.steps} training steps (MiB) |\n|---|---|---|---|")
+    print(f"\n| synthetic corpus | prepare tokens/s (--num-proc {os.cpu_count()}) | prepare peak RSS / anon (MiB) "
+          f"| shard MB | training peak RSS / anon (MiB), {args.steps} steps |\n|---|---|---|---|---|")
     tok = word_tokenizer(work / "word-tokenizer")
-    rss = []
+    memory = []
     for size in args.sizes:
         files = synthetic_corpus(work / f"synthetic-{size:.0e}", int(size))
         out = work / f"prepared-{size:.0e}"
-        tokens, seconds = _prepare(files, tok, out, os.cpu_count() or 1)
+        row = _prepare(work, files, tok, out, os.cpu_count() or 1)
         mb = sum(f.stat().st_size for f in out.glob("*.bin")) / 1e6
         for f in files:
             os.unlink(f)  # only the shards are needed from here on
-        rss.append(train_peak_rss(out, work, args.steps))
-        print(f"| {tokens:,} tokens | {tokens / seconds:,.0f} | {mb:,.0f} | {rss[-1]:,.0f} |")
-    if len(rss) > 1:
-        print(f"\npeak RSS, largest / smallest corpus: {rss[-1] / rss[0]:.3f}")
+        memory.append(train_memory(out, work, args.steps))
+        print(f"| {row['tokens']:,} tokens | {row['tokens'] / row['seconds']:,.0f} | {row['peak_mib']:,.0f} / "
+              f"{row['anon_mib']:,.0f} | {mb:,.0f} | {memory[-1]['peak_mib']:,.0f} / {memory[-1]['anon_mib']:,.0f} |")
+    if len(memory) > 1:
+        print(f"\ntraining peak RSS, largest / smallest corpus: {memory[-1]['peak_mib'] / memory[0]['peak_mib']:.3f} "
+              f"(anonymous: {memory[-1]['anon_mib'] / memory[0]['anon_mib']:.3f})")
     if holder is not None:
         holder.cleanup()
 

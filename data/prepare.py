@@ -58,7 +58,7 @@ def _generate_documents(sources: list[str], text_field: str, cache_dir: str):
 
 def _encode(batch: dict, tokenizer, eos: int) -> dict:
     """Each document's tokens followed by the end-of-text token, as ``HizooDataModule`` packs them."""
-    ids = tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]
+    ids = tokenizer(batch["text"], add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
     return {"input_ids": [doc + [eos] for doc in ids]}
 
 
@@ -86,7 +86,7 @@ def plan_shards(docs, domain_names: list[str], shard_bytes: int) -> list[dict]:
     shards: list[dict] = []
     hashers: list = []
     running, last_raw, start = 0, -1, 0
-    for batch in docs.with_format("arrow").iter(batch_size=4096):
+    for batch in docs.with_format("arrow").iter(batch_size=1024):
         offsets, data = _text_offsets(batch["text"])
         lengths = np.diff(offsets)
         domains = _domain_index(batch["domain"], domain_names)
@@ -161,7 +161,7 @@ def write_shard(docs, shard: dict, out: Path, work: Path, tokenizer, settings: d
     domain_names, val_every = settings["domains"], settings["val_every"]
     writers = {split: _SplitWriter(out, split, shard["index"], settings["dtype"], domain_names) for split in SPLITS}
     doc = lo
-    for batch in encoded.with_format("arrow").iter(batch_size=4096):
+    for batch in encoded.with_format("arrow").iter(batch_size=1024):
         ids = batch["input_ids"].combine_chunks()
         lengths = ids.value_lengths().to_numpy().astype(np.int64)  # [n] tokens per document, end-of-text included
         tokens = ids.flatten().to_numpy()  # [sum(lengths)]
