@@ -72,7 +72,7 @@ def setup(dm) -> bool:
     rank, world = _rank(dm)
     documents, name = open_stream(dm.source)
     dm.train_set = StreamingSequences(documents, tokenizer, dm.seq_len, domain=0, split="train",
-                                      val_every=dm.val_every, rank=rank, world_size=world)
+                                      val_every=dm.val_every, rank=rank, world_size=world, repeat=world > 1)
     # validation: the first val_sequences held-out sequences of the whole stream, the same on every rank
     held_out = StreamingSequences(open_stream(dm.source)[0], tokenizer, dm.seq_len, domain=0, split="validation",
                                   val_every=dm.val_every)

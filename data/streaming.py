@@ -13,7 +13,8 @@ sequences of a separate pass over the training stream when no such split exists 
 how many tokens of that document were already used. ``load_state_dict`` continues from there exactly: that
 document is read and tokenized again and its used tokens skipped. Under DDP each rank streams its own part
 (``datasets.distributed.split_dataset_by_node``: whole shards when their number divides by the world size,
-else every W-th document). Iterating again after the stream ended starts it from the beginning.
+else every W-th document) and repeats it endlessly, so that no rank ends an epoch alone; a single process
+reads the stream once per epoch, and iterating again after the stream ended starts it from the beginning.
 """
 
 from __future__ import annotations
@@ -54,10 +55,13 @@ class StreamingSequences(IterableDataset):
     ``split``: ``"train"`` keeps the documents the data module's rule trains on and ``"validation"`` the held-out
     ones: document k (1-based, counting the documents with text in this rank's stream) is held out when
     ``k % val_every == 0``; ``val_every=None`` keeps every document. ``domain``: this stream's index in the
-    data module's ``domain_names``."""
+    data module's ``domain_names``. ``repeat``: at the end of the stream continue from its beginning, never
+    ending the pass (so data-parallel ranks, whose parts of a stream differ in length, never disagree about
+    where an epoch ends; the training length is then ``max_steps``)."""
 
     def __init__(self, documents, tokenizer, seq_len: int, domain: int = 0, text_field: str = "text",
-                 split: str = "train", val_every: int | None = None, rank: int = 0, world_size: int = 1):
+                 split: str = "train", val_every: int | None = None, rank: int = 0, world_size: int = 1,
+                 repeat: bool = False):
         if seq_len < 2:
             raise ValueError(f"seq_len={seq_len} must be >= 2")
         if split not in ("train", "validation"):
@@ -75,7 +79,7 @@ class StreamingSequences(IterableDataset):
             documents = split_dataset_by_node(documents, rank=rank, world_size=world_size)
         self.documents, self.tokenizer, self.seq_len = documents, tokenizer, seq_len
         self.domain, self.text_field, self.eos = domain, text_field, tokenizer.eos_token_id
-        self.split, self.val_every = split, val_every
+        self.split, self.val_every, self.repeat = split, val_every, repeat
         self._start = {"source": documents.state_dict(), "skip": 0, "document": 0}  # the beginning of the stream
         self._resume: dict | None = None
         self._position = copy.deepcopy(self._start)
@@ -100,33 +104,44 @@ class StreamingSequences(IterableDataset):
         position, self._resume = copy.deepcopy(self._resume or self._start), None
         self.documents.load_state_dict(position["source"])
         skip, before, k = position["skip"], position["source"], position["document"]
+        from_start, read_text = position == self._start, False
         buffer = np.zeros(0, np.int64)  # tokens read and not yet emitted
         pending: deque[list] = deque()  # per document in the buffer: [state before it, its index, used, in buffer]
-        for example in self.documents:
-            text = example.get(self.text_field)
-            if text is not None and not isinstance(text, str):
-                raise ValueError(f"a streamed record has {type(text).__name__} in its {self.text_field!r} field, not text")
-            if text and text.strip():  # documents without text are not counted (as data.corpus drops them)
-                if self._keeps(k):
-                    ids = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"] + [self.eos]
-                    if ids[skip:]:
-                        pending.append([before, k, skip, len(ids) - skip])
-                        buffer = np.concatenate([buffer, np.asarray(ids[skip:], np.int64)])
-                k, skip = k + 1, 0
-            before = self.documents.state_dict()
-            while len(buffer) >= self.seq_len:
-                sequence, buffer = buffer[: self.seq_len], buffer[self.seq_len:]
-                left = self.seq_len
-                while left:  # account the emitted tokens to the documents they came from
-                    head = pending[0]
-                    take = min(left, head[3])
-                    head[2] += take
-                    head[3] -= take
-                    left -= take
-                    if head[3] == 0:
-                        pending.popleft()
-                self._position = ({"source": pending[0][0], "skip": pending[0][2], "document": pending[0][1]}
-                                  if pending else {"source": before, "skip": 0, "document": k})
-                yield {"input_ids": torch.from_numpy(sequence.copy()),
-                       "domain_ids": torch.full((self.seq_len,), self.domain, dtype=torch.int64)}
+        while True:
+            for example in self.documents:
+                text = example.get(self.text_field)
+                if text is not None and not isinstance(text, str):
+                    raise ValueError(f"a streamed record has {type(text).__name__} in its {self.text_field!r} field, "
+                                     f"not text")
+                if text and text.strip():  # documents without text are not counted (as data.corpus drops them)
+                    if self._keeps(k):
+                        ids = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"] + [self.eos]
+                        if ids[skip:]:
+                            pending.append([before, k, skip, len(ids) - skip])
+                            buffer = np.concatenate([buffer, np.asarray(ids[skip:], np.int64)])
+                            read_text = True
+                    k, skip = k + 1, 0
+                before = self.documents.state_dict()
+                while len(buffer) >= self.seq_len:
+                    sequence, buffer = buffer[: self.seq_len], buffer[self.seq_len:]
+                    left = self.seq_len
+                    while left:  # account the emitted tokens to the documents they came from
+                        head = pending[0]
+                        take = min(left, head[3])
+                        head[2] += take
+                        head[3] -= take
+                        left -= take
+                        if head[3] == 0:
+                            pending.popleft()
+                    self._position = ({"source": pending[0][0], "skip": pending[0][2], "document": pending[0][1]}
+                                      if pending else {"source": before, "skip": 0, "document": k})
+                    yield {"input_ids": torch.from_numpy(sequence.copy()),
+                           "domain_ids": torch.full((self.seq_len,), self.domain, dtype=torch.int64)}
+            if not self.repeat:
+                break
+            if from_start and not read_text:
+                raise ValueError(f"the stream has no {self.split} text to repeat")
+            # the next pass continues the packing from the beginning of the stream
+            self.documents.load_state_dict(copy.deepcopy(self._start["source"]))
+            before, k, from_start, read_text = copy.deepcopy(self._start["source"]), 0, True, False
         self._position = copy.deepcopy(self._start)  # the next pass starts over

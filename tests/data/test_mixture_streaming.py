@@ -178,3 +178,23 @@ def test_streaming_loader_counts_consumed_batches_not_prefetched_ones(tok_dir, r
         StatefulLoader(dm.train_set, batch_size=2, num_workers=2)
     with pytest.raises(ValueError, match="needs a pretrained tokenizer"):
         HizooDataModule(source=records, streaming=True)
+
+
+def test_repeating_stream_packs_across_passes_and_resumes(tok_dir, records):
+    """As each DDP rank reads its stream: endlessly, the next pass's start packed after the last pass's tail."""
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(tok_dir)
+    texts = [json.loads(line)["text"] for line in Path(records).read_text().splitlines()]
+    kept = [t for k, t in enumerate(t for t in texts if t.strip()) if (k + 1) % 4]
+    one_pass = [i for t in kept for i in tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]]
+    stream = StreamingSequences(open_stream(records)[0], tokenizer, 16, val_every=4, repeat=True)
+    n = 2 * len(one_pass) // 16 + 3  # into the third pass
+    items, states = [], []
+    for item, _ in zip(stream, range(n)):
+        items.append(item["input_ids"])
+        states.append(stream.state_dict())
+    assert torch.equal(torch.cat(items), torch.tensor((one_pass * 3)[: n * 16]))
+    k = len(one_pass) // 16 + 2  # a position in the second pass
+    fresh = StreamingSequences(open_stream(records)[0], tokenizer, 16, val_every=4, repeat=True)
+    fresh.load_state_dict(states[k])
+    rest = [item["input_ids"] for item, _ in zip(fresh, range(n - k - 1))]
+    assert all(torch.equal(a, b) for a, b in zip(rest, items[k + 1:])) and len(rest) == n - k - 1
