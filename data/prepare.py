@@ -309,7 +309,7 @@ def prepare(sources: list[str], tokenizer: str, out: str | Path, num_proc: int =
         bar.close()
         meta = _metadata(sources, tokenizer, tok, settings, records)
         keep = {entry[kind] for r in records for entry in r["splits"].values() for kind in ("tokens", "domains")}
-        for file in out.glob("*.bin"):  # shards of an earlier, longer plan
+        for file in [*out.glob("*.bin"), *out.glob("*.bin.tmp")]:  # an earlier, longer plan; writes cut short
             if file.name not in keep:
                 file.unlink()
         _atomic_write_text(out / METADATA, json.dumps(meta, indent=1) + "\n")
