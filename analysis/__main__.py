@@ -9,13 +9,13 @@ source file tokenized with that tokenizer, else random token ids (the summary sa
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 import torch
 
+from ..models.files import atomic_write_json, atomic_write_text, save_figure
 from .loading import load_model
 from .plots import figures
 from .report import collect, summarize
@@ -61,6 +61,35 @@ def held_out_ids(tokenizer, texts: dict[str, str] | None, vocab_size: int, num_s
             "routing are not representative of real data")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def _read_data(parser: argparse.ArgumentParser, files: list[str]) -> dict[str, str]:
+    """file name -> UTF-8 text of each --data file; a missing, binary or empty file stops with its path."""
+    texts = {}
+    for name in files:
+        path = Path(name)
+        if not path.is_file():
+            parser.error(f"--data {name}: {'is a folder, not a file' if path.is_dir() else 'does not exist'}")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            parser.error(f"--data {name}: not UTF-8 text (byte {err.start}: {err.reason})")
+        if not text.strip():
+            parser.error(f"--data {name}: the file has no text")
+        if path.name in texts:
+            parser.error(f"--data {name}: two files named {path.name!r}; each file is a domain named after it")
+        texts[path.name] = text
+    return texts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hizoo.analysis", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,18 +98,30 @@ def main(argv: list[str] | None = None) -> int:
                         help="text files of held-out data, tokenized with the model's tokenizer; with several files "
                              "each file is a domain for per-domain routing")
     parser.add_argument("--out", default="analysis_out", help="output directory (default: analysis_out)")
-    parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--num-seqs", type=int, default=8)
+    parser.add_argument("--seq-len", type=_positive_int, default=256,
+                        help="tokens per sequence (default 256; at most the model's max_position_embeddings)")
+    parser.add_argument("--num-seqs", type=_positive_int, default=8, help="sequences per domain (default 8)")
     parser.add_argument("--no-ablation", action="store_true", help="skip the stream-ablation losses")
     args = parser.parse_args(argv)
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"--out {args.out} is a file; give a folder (it is created if missing)")
+    texts = _read_data(parser, args.data) if args.data else None
 
     path = Path(args.model)
-    model = load_model(path)
+    try:  # a missing, corrupt, unsafe or mismatched model is the user's input: a message, not a traceback
+        model = load_model(path)
+    except (OSError, ValueError) as err:
+        parser.error(f"cannot load {path}: {err}")
     model.eval()
     seq_len = min(args.seq_len, getattr(model.config, "max_position_embeddings", args.seq_len))
-    texts = {Path(f).name: Path(f).read_text() for f in args.data} if args.data else None
-    input_ids, domain_ids, domain_names, source = held_out_ids(
-        _tokenizer(path), texts, model.config.vocab_size, args.num_seqs, seq_len)
+    if seq_len < args.seq_len:
+        print(f"--seq-len {args.seq_len} is longer than the model's max_position_embeddings; using {seq_len}",
+              file=sys.stderr)
+    try:
+        input_ids, domain_ids, domain_names, source = held_out_ids(
+            _tokenizer(path), texts, model.config.vocab_size, args.num_seqs, seq_len)
+    except ValueError as err:
+        parser.error(str(err))
 
     report = collect(model, input_ids, domain_ids, domain_names, ablation=not args.no_ablation)
     report["data"] = source
@@ -90,15 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     written = []
     import matplotlib.pyplot as plt
 
-    for name, fig in figures(report).items():
+    for name, fig in figures(report).items():  # every file written atomically: a kill leaves no half file
         file = out / (name.replace("/", "_") + ".png")
-        fig.savefig(file, dpi=110)
+        save_figure(fig, file, dpi=110)
         plt.close(fig)
         written.append(file.name)
     report["figures"] = written
-    (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    atomic_write_json(out / "report.json", report, indent=1, default=str)
     lines = [f"data: {source}"] + summarize(report)
-    (out / "summary.txt").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "summary.txt", "\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {len(written)} figures, report.json and summary.txt to {out}{os.sep}")
     return 0

@@ -76,12 +76,13 @@ def hizoo_model(**overrides) -> tuple[HizooForCausalLM, None]:
 
 @contextlib.contextmanager
 def stream_reduction(reduce):
-    """Point the model's stream reduction at the package's for package variants."""
+    """Point the model's stream reduction at the package's for package variants (in hizoo's default order: the
+    final norm on every stream of the package's [(B·n), S, d] layout, then the package's sum over streams)."""
     if reduce is None:
         yield
         return
     original = modeling.reduce_streams
-    modeling.reduce_streams = reduce
+    modeling.reduce_streams = lambda streams, norm, how: reduce(norm(streams))
     try:
         yield
     finally:

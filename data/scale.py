@@ -61,6 +61,9 @@ def setup(dm) -> bool:
             raise ValueError(f"val_every={dm.val_every}: the prepared folder {dm.source!r} holds out every "
                              f"{meta['split']['val_every']}-th document; set val_every={meta['split']['val_every']} "
                              f"(the split is fixed when the corpus is prepared)")
+        if len(train) < dm.batch_size:
+            raise ValueError(f"the train split of {dm.source!r} has {len(train)} sequences of seq_len={dm.seq_len} "
+                             f"tokens, fewer than batch_size={dm.batch_size}: not one training batch")
         dm.tokenizer, dm.domain_names, dm.train_set, dm.val_set = tokenizer, domain_names, train, val
         dm.prepared_metadata = meta
         return True
@@ -71,11 +74,12 @@ def setup(dm) -> bool:
     tokenizer = load_tokenizer(dm.tokenizer_name)
     rank, world = _rank(dm)
     documents, name = open_stream(dm.source)
-    dm.train_set = StreamingSequences(documents, tokenizer, dm.seq_len, domain=0, split="train",
-                                      val_every=dm.val_every, rank=rank, world_size=world, repeat=world > 1)
+    dm.train_set = StreamingSequences(documents, tokenizer, dm.seq_len, domain=0, text_field=dm.text_field,
+                                      split="train", val_every=dm.val_every, rank=rank, world_size=world,
+                                      repeat=world > 1)
     # validation: the first val_sequences held-out sequences of the whole stream, the same on every rank
-    held_out = StreamingSequences(open_stream(dm.source)[0], tokenizer, dm.seq_len, domain=0, split="validation",
-                                  val_every=dm.val_every)
+    held_out = StreamingSequences(open_stream(dm.source)[0], tokenizer, dm.seq_len, domain=0,
+                                  text_field=dm.text_field, split="validation", val_every=dm.val_every)
     rows = [item["input_ids"] for item, _ in zip(held_out, range(dm.val_sequences))]
     if not rows:
         raise ValueError(f"the stream {dm.source!r} has no complete held-out sequence of seq_len={dm.seq_len} "

@@ -4,11 +4,10 @@ A source is one of
 
 - ``stdlib``: the embedded corpus (``data.corpus.stdlib_documents``, domain = top-level package);
 - ``hf:NAME``: a ``datasets`` hub data set (its ``train`` split, needs the hub), domain = NAME;
-- a local file: ``.txt``/``.md``/``.py`` is one document, ``.jsonl``/``.json``/``.parquet`` one document per
-  record (its ``text`` field); domain = the file's stem, as ``data.corpus.file_documents`` does;
-- a local directory: every such file below it, in sorted path order; domain = the first folder below the
-  directory for files in sub-folders, the file's stem for files directly in it (``corpus/wiki.jsonl`` ->
-  ``wiki``, ``corpus/code/a/b.py`` -> ``code``);
+- a local file or folder, with the files, order and domains of ``data.corpus.corpus_files`` (a file's domain is
+  its stem; a folder's files are sorted, a file in a subfolder belongs to that subfolder's domain):
+  ``.txt``/``.md``/``.py`` is one document (read by ``data.corpus.read_texts``), ``.jsonl``/``.json``/``.parquet``
+  one document per record (its ``text`` field);
 - ``DOMAIN=PATH``: a file or directory whose documents all get the domain ``DOMAIN``.
 
 Documents with no visible text are dropped (as in ``data.corpus``); the order of documents is the order of
@@ -22,11 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from .corpus import Document, file_documents, stdlib_documents
-
-TEXT_SUFFIXES = (".txt", ".md", ".py")
-RECORD_SUFFIXES = (".jsonl", ".json", ".parquet")
-SUFFIXES = TEXT_SUFFIXES + RECORD_SUFFIXES
+from .corpus import RECORD_SUFFIXES, Document, corpus_files, read_texts, stdlib_documents
 
 
 def split_domain(source: str) -> tuple[str | None, str]:
@@ -38,37 +33,6 @@ def split_domain(source: str) -> tuple[str | None, str]:
             raise ValueError(f"source {source!r}: expected DOMAIN=PATH with both parts non-empty")
         return domain, path
     return None, source
-
-
-def source_files(path: Path) -> list[tuple[str, Path]]:
-    """The corpus files of a file or directory source with their default domains, in reading order."""
-    if path.is_file():
-        if path.suffix not in SUFFIXES:
-            raise ValueError(f"corpus file {path}: suffix {path.suffix!r} is not one of {' '.join(SUFFIXES)}")
-        return [(path.stem, path)]
-    if not path.is_dir():
-        raise FileNotFoundError(f"corpus source {path} does not exist (expected a file, a directory, 'stdlib' "
-                                f"or 'hf:NAME')")
-    files = []
-    for file in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIXES):
-        rel = file.relative_to(path).parts
-        if any(part.startswith(".") for part in rel):  # .git, .cache, hidden files are not corpus
-            continue
-        files.append((rel[0] if len(rel) > 1 else file.stem, file))
-    if not files:
-        raise ValueError(f"corpus directory {path} has no files with suffix {' '.join(SUFFIXES)}")
-    return files
-
-
-def _text_file_documents(path: Path, in_directory: bool) -> list[Document]:
-    """One text file through ``data.corpus.file_documents`` (so its decoding rules apply); an empty file is an
-    error when named on its own and skipped inside a directory."""
-    try:
-        return file_documents([str(path)])
-    except ValueError:
-        if in_directory and not path.read_bytes().strip():
-            return []
-        raise
 
 
 def _record_texts(table, where: str, text_field: str) -> Iterator[str]:
@@ -122,14 +86,12 @@ def iter_documents(sources: list[str], text_field: str = "text", cache_dir: str 
                     yield Document(name, text)
             continue
         override, path = split_domain(source)
-        path = Path(path)
-        for domain, file in source_files(path):
+        for file, domain in corpus_files([path]):  # the in-memory corpus's files, order and domains
             domain = override or domain
-            if file.suffix in TEXT_SUFFIXES:
-                for doc in _text_file_documents(file, in_directory=path.is_dir()):
-                    yield Document(domain, doc.text)
-                continue
-            table = _load_records(file, cache_dir)
-            for text in _record_texts(table, f"corpus file {file}", text_field):
+            if file.suffix not in RECORD_SUFFIXES:
+                texts = read_texts(file, text_field)  # one text file: its UTF-8 and binary checks
+            else:  # records through datasets' memory-mapped Arrow files, so a file larger than memory streams
+                texts = _record_texts(_load_records(file, cache_dir), f"corpus file {file}", text_field)
+            for text in texts:
                 if text.strip():
                     yield Document(domain, text)

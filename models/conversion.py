@@ -10,11 +10,15 @@ transposes (OLMoE stores experts as ``gate_up_proj`` [E, 2f, d] and ``down_proj`
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from .configuration import HizooConfig
+from .export import export_pretrained
+from .files import atomic_directory, read_json
+from .model_card import ModelCardInfo
 
 # OLMoE parameter name (regex) -> hizoo parameter name
 _RENAMES = [
@@ -59,7 +63,10 @@ def config_from_olmoe(olmoe_config, **overrides) -> HizooConfig:
         num_experts_per_tok=olmoe_config.num_experts_per_tok,
         norm_topk_prob=olmoe_config.norm_topk_prob,
         router_aux_loss_coef=olmoe_config.router_aux_loss_coef,
-        router_z_loss_coef=0.001,  # OLMoE trained with z-loss 0.001 (paper, Table 11)
+        # transformers' OlmoeForCausalLM computes no z-loss, so neither does the converted model: its loss and
+        # load-balancing value equal transformers'. OLMoE itself trained with z-loss 0.001 (paper, Table 11):
+        # pass router_z_loss_coef=0.001 to continue training that way.
+        router_z_loss_coef=0.0,
     )
     kwargs.update(overrides)
     return HizooConfig(**kwargs)
@@ -82,7 +89,10 @@ def state_dict_from_olmoe(olmoe_state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def from_olmoe(olmoe_model, **config_overrides):
-    """A HizooForCausalLM with the weights of ``olmoe_model`` (an ``OlmoeForCausalLM``), same dtype."""
+    """A HizooForCausalLM with the weights of ``olmoe_model`` (an ``OlmoeForCausalLM``), same dtype.
+
+    Every hizoo weight is copied from an OLMoE tensor (checked: none is left at its random initialization, none
+    of OLMoE's is dropped, and the copied values are verified)."""
     from .modeling import HizooForCausalLM
 
     config = config_from_olmoe(olmoe_model.config, **config_overrides)
@@ -91,24 +101,91 @@ def from_olmoe(olmoe_model, **config_overrides):
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
-    if missing or unexpected:
-        raise ValueError(f"OLMoE conversion left missing={missing} unexpected={unexpected}")
+    model.check_loaded_keys(missing, unexpected, [], "the OLMoE model",
+                            hint=f"config overrides {config_overrides} ask for weights OLMoE does not have")
     if config.tie_word_embeddings:
         model.tie_weights()
+    loaded = model.state_dict()
+    differ = [k for k, v in state.items() if not torch.equal(loaded[k], v.to(loaded[k].dtype))]
+    if differ:
+        raise ValueError(f"OLMoE conversion did not copy {differ[:5]} faithfully")
     dtype = next(olmoe_model.parameters()).dtype
     return model.to(dtype).eval() if not olmoe_model.training else model.to(dtype)
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def check_conversion_paths(src: Path, dst: Path, overwrite: bool = False) -> None:
+    """Refuse what would lose data or write nothing useful: ``src`` that is not an OLMoE checkpoint directory
+    (``config.json`` with ``model_type: "olmoe"``), ``dst`` that is, contains or lies inside ``src``, ``dst`` that
+    is a file, or a non-empty ``dst`` without ``overwrite``."""
+    if not src.is_dir():
+        raise FileNotFoundError(f"source {src} is not a directory" if src.exists() else f"source {src} does not exist")
+    if not (src / "config.json").is_file():
+        raise FileNotFoundError(f"{src} has no config.json: not a transformers checkpoint directory")
+    config = read_json(src / "config.json")
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type != "olmoe":
+        raise ValueError(f"{src / 'config.json'} has model_type={model_type!r}: not an OLMoE checkpoint "
+                         "(model_type 'olmoe'); only OlmoeForCausalLM checkpoints convert")
+    src_real, dst_real = src.resolve(), dst.resolve()
+    if dst_real == src_real or src_real in dst_real.parents or dst_real in src_real.parents:
+        raise ValueError(f"destination {dst} {'is' if dst_real == src_real else 'overlaps'} the source {src}: "
+                         "converting would write into (or replace) the OLMoE checkpoint; choose another destination")
+    if dst.exists() and not dst.is_dir():
+        raise FileExistsError(f"destination {dst} is a file; the converted model is a directory")
+    if dst.is_dir() and any(dst.iterdir()) and not overwrite:
+        raise FileExistsError(f"destination {dst} is not empty; pass --overwrite (overwrite=True) to replace it")
+
+
 @torch.no_grad()
-def convert_olmoe_checkpoint(src: str, dst: str) -> None:
-    """Load an OLMoE checkpoint directory with transformers and save it as a hizoo HF directory (+ tokenizer if any)."""
+def convert_olmoe_checkpoint(src: str | Path, dst: str | Path, overwrite: bool = False) -> int:
+    """Load an OLMoE checkpoint directory with transformers and save it as a self-contained hizoo HF directory (+ its
+    tokenizer; ``models/export.py``: code, ``auto_map``, special tokens, model card); returns the number of weights
+    written.
+
+    Paths are checked first (``check_conversion_paths``); the OLMoE load must find every weight (no random
+    initialization), every hizoo weight must come from an OLMoE tensor, and the written files are read back and
+    compared with the converted model. ``dst`` is built in a temporary folder next to it and renamed into place,
+    so a failure or kill leaves ``dst`` as it was."""
     from transformers import AutoTokenizer, OlmoeForCausalLM
 
-    olmoe = OlmoeForCausalLM.from_pretrained(src)
+    src, dst = Path(src), Path(dst)
+    check_conversion_paths(src, dst, overwrite)
+    olmoe, info = OlmoeForCausalLM.from_pretrained(src, output_loading_info=True, ignore_mismatched_sizes=True)
+    bad = {k: sorted(map(str, info[k])) for k in ("missing_keys", "unexpected_keys", "mismatched_keys") if info[k]}
+    if bad:
+        raise ValueError(f"the OLMoE checkpoint {src} does not hold every weight its config describes "
+                         f"(transformers would leave them random): "
+                         + "; ".join(f"{k}: {v[:6]}{' ...' if len(v) > 6 else ''}" for k, v in bad.items()))
     model = from_olmoe(olmoe)
-    model.save_pretrained(dst)
-    try:
-        AutoTokenizer.from_pretrained(src).save_pretrained(dst)
-    except (OSError, ValueError):
-        pass  # a weights-only checkpoint has no tokenizer to carry over
+    has_tokenizer = any((src / name).is_file() for name in _TOKENIZER_FILES)
+    tokenizer = AutoTokenizer.from_pretrained(src) if has_tokenizer else None  # a broken tokenizer raises
+    card = ModelCardInfo(path=str(dst), source=f"converted from the OLMoE checkpoint `{src}` (arXiv 2409.02060) by "
+                         "`python -m hizoo.models.convert_olmoe`; every weight copied from an OLMoE tensor and verified")
+    with atomic_directory(dst) as tmp:
+        # the OLMoE config's special tokens, agreeing with its tokenizer's; left padding, the context length
+        export_pretrained(model, tmp, tokenizer, card)
+        written = _verify_saved(model, tmp)
+    return written
+
+
+def _verify_saved(model, directory: Path) -> int:
+    """Every weight of ``model`` (the tied lm_head aside) is in ``directory``'s safetensors files, equal, and
+    nothing else is; read one tensor at a time."""
+    from safetensors import safe_open
+
+    expected = model.state_dict()
+    if model.config.tie_word_embeddings:
+        expected.pop("lm_head.weight", None)
+    seen = set()
+    for file in sorted(directory.glob("*.safetensors")):
+        with safe_open(file, framework="pt") as f:
+            for name in f.keys():
+                if name not in expected or not torch.equal(f.get_tensor(name), expected[name].cpu()):
+                    raise ValueError(f"written file {file.name} holds {name!r}, which is not the converted weight")
+                seen.add(name)
+    if seen != set(expected):
+        raise ValueError(f"written files lack {sorted(set(expected) - seen)[:6]}")
+    return len(seen)

@@ -1,6 +1,7 @@
 """The hizoo causal language model, top to bottom.
 
-token ids -> embedding -> expand into n residual streams -> L blocks -> reduce streams -> RMSNorm -> lm_head
+token ids -> embedding -> expand into n residual streams -> L blocks -> final RMSNorm and reduction of the
+streams (Σ_s norm(H_s), or norm(Σ_s H_s) with ``stream_reduce="sum_norm"``) -> lm_head
 
 Each block has two branches, attention and feed-forward (dense SwiGLU or MoE), each behind its own
 residual connection (``models/hyper_connections.py``; with ``residual="none"`` that is the plain
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import Tensor, nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
@@ -23,7 +25,9 @@ from transformers.modeling_outputs import MoeCausalLMOutputWithPast, MoeModelOut
 from ..kernels import GroupedExperts
 from ..routing import Router, RoutingResult
 from .configuration import HizooConfig
+from .files import check_loaded_keys, unreadable_safetensors
 from .hyper_connections import ResidualStreams, StreamExpansion, reduce_streams
+from .inputs import check_inputs
 from .mlp import SwiGLU
 from .moe import MoEFeedForward
 
@@ -73,6 +77,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=bias)
+        self.o_proj.writes_residual = True  # depth-scaled init under init_scheme="switch" (_init_weights)
         self.q_norm = RMSNorm(self.n_heads * self.head_dim, config.rms_norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(self.n_kv_heads * self.head_dim, config.rms_norm_eps) if config.qk_norm else None
 
@@ -137,40 +142,123 @@ class HizooPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _can_compile_fullgraph = False
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, strict: bool = True, **kwargs):
+        """transformers' ``from_pretrained``, strict about the weights: a weight the model needs that the files do
+        not hold (it would start random), a weight in the files the model has no place for, or one of another
+        shape raises ``ValueError`` listing them, e.g. when the config's ``num_hidden_layers`` or ``residual`` no
+        longer match the saved weights. The tied ``lm_head`` and non-persistent buffers are not weights the files
+        must hold. ``strict=False`` restores transformers' behaviour (a load report, missing weights freshly
+        initialized); ``ignore_mismatched_sizes=True`` allows shape mismatches only; ``output_loading_info=True``
+        still returns ``(model, loading_info)``."""
+        wants_info = kwargs.pop("output_loading_info", False)
+        allow_mismatched = kwargs.pop("ignore_mismatched_sizes", False)
+        try:  # mismatches come back in the loading info (and are raised below) instead of as transformers' error
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, output_loading_info=True,
+                ignore_mismatched_sizes=True if strict else allow_mismatched, **kwargs)
+        except SafetensorError as err:
+            raise ValueError(f"{unreadable_safetensors(pretrained_model_name_or_path)} ({err})") from err
+        if strict:
+            model.check_loaded_keys(info["missing_keys"], info["unexpected_keys"],
+                                    () if allow_mismatched else info["mismatched_keys"], pretrained_model_name_or_path)
+        return (model, info) if wants_info else model
+
+    def save_pretrained(self, save_directory, *args, model_card=None, **kwargs):
+        """transformers' ``save_pretrained``, self-contained: the folder also gets the modeling code generated from
+        hizoo, ``auto_map`` (so ``from_pretrained(..., trust_remote_code=True)`` loads it without hizoo), the
+        config's special-token ids in the generation config, and README.md, the model card; ``model_card``:
+        ``ModelCardInfo`` facts for it (training tokens, validation perplexity, ...) or ``False`` for none.
+        (``models/export.py``)"""
+        from .export import save_pretrained_self_contained
+
+        return save_pretrained_self_contained(self, super().save_pretrained, save_directory, *args,
+                                              model_card=model_card, **kwargs)
+
+    def check_loaded_keys(self, missing, unexpected, mismatched, source, hint: str | None = None) -> None:
+        """Raise ``ValueError`` naming ``source`` when a load left weights ``missing`` (names the model needs),
+        ``unexpected`` (names the files hold) or ``mismatched`` ((name, shape in the files, shape in the model));
+        ``hint`` replaces the closing advice. A missing ``lm_head.weight`` is fine when it is tied to the
+        embedding. (``models/files.py``)"""
+        tied = set(self._tied_weights_keys or {}) if self.config.tie_word_embeddings else set()
+        check_loaded_keys(self, set(missing) - tied, unexpected, mismatched, source, hint)
+
     def _init_weights(self, module: nn.Module) -> None:
-        """Initialize every parameter: Linear/Embedding N(0, initializer_range²), norms 1, experts and routers
-        below; modules with parameters of their own (hyper-connections) define ``reset_parameters``."""
-        std = self.config.initializer_range
+        """Initialize every parameter; ``config.init_scheme`` picks the rule for the weight matrices.
+
+        ``"normal"``: Linear, Embedding and expert weights N(0, initializer_range²); the router
+        N(0, router_init_std²) when that is set.
+
+        ``"switch"``: the Hi-MoE reference's initialization with ``use_switch_tfm_init`` (its ``GPT.__init__`` and
+        ``_init_weights``; Switch Transformer, Sec. 2.3, scale s = ``switch_init_scale``):
+          - every Linear (q/k/v, dense and shared-expert gate/up, lm_head), the router and the experts' ``w13``:
+            truncated normal with σ = √(s / fan_in), cut at ±2σ (fan_in = the input width, d for the router);
+          - the projections that write into the residual stream (attention ``o_proj``, ``down_proj``, the
+            experts' ``w2``): N(0, (initializer_range / √(2L))²), the GPT-2 scaled init the reference gives its
+            ``c_proj`` weights after the Switch init;
+          - the token embedding: N(0, initializer_range²) as the reference's ``nn.Embedding``, or, when tied to
+            lm_head (the reference ties them, and lm_head's init is applied last), lm_head's Switch init.
+          ``router_init_std``, when set, still overrides the router's init.
+
+        Both schemes: norms 1; router buffers and scales, and the hyper-connection coefficients, by their
+        modules' ``reset_parameters``. The residual projections carry ``writes_residual = True`` (set where they
+        are built): transformers skips modules without parameters of their own, so a parent cannot re-init them.
+        """
+        config = self.config
+        std = config.initializer_range
+        switch = config.init_scheme == "switch"
+        residual_std = std / (2 * config.num_hidden_layers) ** 0.5
+
+        def switch_init_(weight: Tensor, fan_in: int) -> None:  # truncated normal, σ = √(s / fan_in), at ±2σ
+            sigma = (config.switch_init_scale / fan_in) ** 0.5
+            init.trunc_normal_(weight, mean=0.0, std=sigma, a=-2 * sigma, b=2 * sigma)
+
         if isinstance(module, GroupedExperts):
-            init.normal_(module.w13, mean=0.0, std=std)
-            init.normal_(module.w2, mean=0.0, std=std)
+            if switch:
+                switch_init_(module.w13, fan_in=module.w13.shape[-2])  # [E, d, 2f]: fan_in d
+                init.normal_(module.w2, mean=0.0, std=residual_std)
+            else:
+                init.normal_(module.w13, mean=0.0, std=std)
+                init.normal_(module.w2, mean=0.0, std=std)
         elif isinstance(module, Router):
-            init.normal_(module.weight, mean=0.0, std=self.config.router_init_std or std)
+            if config.router_init_std is not None:
+                init.normal_(module.weight, mean=0.0, std=config.router_init_std)
+            elif switch:
+                switch_init_(module.weight, fan_in=module.weight.shape[-1])  # [E, d]: fan_in d
+            else:
+                init.normal_(module.weight, mean=0.0, std=std)
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
         elif isinstance(module, RMSNorm):
             init.ones_(module.weight)
+        elif switch and isinstance(module, nn.Linear):
+            if getattr(module, "writes_residual", False):  # attention o_proj, SwiGLU down_proj
+                init.normal_(module.weight, mean=0.0, std=residual_std)
+            else:
+                switch_init_(module.weight, fan_in=module.in_features)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif switch and isinstance(module, nn.Embedding):
+            if config.tie_word_embeddings:
+                switch_init_(module.weight, fan_in=module.embedding_dim)
+            else:
+                init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, (nn.Linear, nn.Embedding)):
             super()._init_weights(module)
         elif hasattr(module, "reset_parameters") and any(True for _ in module.parameters(recurse=False)):
             module.reset_parameters()
 
 
-def _check_input_ids(input_ids: Tensor, vocab_size: int) -> None:
-    bad = (input_ids < 0) | (input_ids >= vocab_size)
-    if bad.any():
-        values = input_ids[bad].unique()[:8].tolist()
-        raise ValueError(
-            f"input_ids must be in [0, vocab_size={vocab_size}); got {values} at {int(bad.sum())} positions"
-        )
-
-
-def build_attention_mask(attention_mask: Tensor | None, q_len: int, past_len: int) -> Tensor | None:
+def build_attention_mask(attention_mask: Tensor | None, q_len: int, past_len: int,
+                         padded: bool | None = None) -> Tensor | None:
     """Boolean [B, 1, q_len, past_len + q_len] mask (True = may attend), or None when SDPA's own causal
-    mask (no padding, no past) or no mask at all (one new token, no padding) is exact."""
+    mask (no padding, no past) or no mask at all (one new token, no padding) is exact. ``padded``: whether
+    ``attention_mask`` has a 0, when the caller knows it already (``check_inputs`` does); read here otherwise."""
     if attention_mask is not None and attention_mask.ndim != 2:
         raise ValueError(f"attention_mask must be 2-D [batch, seq] of 0/1; got shape {tuple(attention_mask.shape)}")
-    no_padding = attention_mask is None or bool(attention_mask.all())
+    if padded is None:
+        padded = attention_mask is not None and not bool(attention_mask.all())
+    no_padding = not padded
     if no_padding and (past_len == 0 or q_len == 1):
         return None
     kv_len = past_len + q_len
@@ -187,7 +275,9 @@ def build_attention_mask(attention_mask: Tensor | None, q_len: int, past_len: in
 @dataclass
 class HizooModelOutput(MoeModelOutputWithPast):
     """``routing``: per-layer RoutingResult (None for dense layers); ``diagnostics``: per-layer dicts with the
-    streams after the block and each connection's context, for ``hizoo.analysis``."""
+    streams after the block and each connection's context, for ``hizoo.analysis``. ``hidden_states``: the
+    residual entering each layer summed over streams (Σ_s H_s; un-normalized, as a plain model's residual x),
+    then ``last_hidden_state``, the reduced output lm_head reads (``reduce_streams``)."""
 
     routing: tuple[RoutingResult | None, ...] | None = None
     diagnostics: tuple[dict, ...] | None = None
@@ -204,6 +294,8 @@ class HizooCausalLMOutput(MoeCausalLMOutputWithPast):
 
 
 class HizooModel(HizooPreTrainedModel):
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]  # the base model of a HizooForCausalLM checkpoint
+
     def __init__(self, config: HizooConfig):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
@@ -230,8 +322,11 @@ class HizooModel(HizooPreTrainedModel):
         output_hidden_states: bool | None = None,
         output_diagnostics: bool = False,
         past_key_values: Cache | None = None,
+        labels: Tensor | None = None,
         **kwargs,
     ) -> HizooModelOutput:
+        """``labels`` are only checked here, with the other inputs in the same single device sync
+        (``models/inputs.py``); the loss is HizooForCausalLM's."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         cache = cache if cache is not None else past_key_values
@@ -239,29 +334,31 @@ class HizooModel(HizooPreTrainedModel):
             use_cache = self.config.use_cache and not self.training
         if use_cache and cache is None and not (self.gradient_checkpointing and self.training):
             cache = DynamicCache(config=self.config)
+        past_len = cache.get_seq_length() if cache is not None else 0
+        padded = check_inputs(self.config, input_ids=input_ids, inputs_embeds=inputs_embeds,
+                              attention_mask=attention_mask, position_ids=position_ids, labels=labels,
+                              past_len=past_len)
         if inputs_embeds is None:
-            _check_input_ids(input_ids, self.config.vocab_size)
             inputs_embeds = self.embed_tokens(input_ids)
         B, S, _ = inputs_embeds.shape
-        past_len = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
             if attention_mask is not None:  # left padding: count real tokens only
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -S:]
             else:
                 position_ids = torch.arange(past_len, past_len + S, device=inputs_embeds.device)[None].expand(B, S)
-        mask = build_attention_mask(attention_mask, S, past_len)
+        mask = build_attention_mask(attention_mask, S, past_len, padded)
         cos, sin = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, inputs_embeds.dtype)
 
         streams = self.expand(inputs_embeds)  # [B, S, n, d]
         all_hidden, routing, diagnostics = [], [], []
         for layer in self.layers:
-            if output_hidden_states:
-                all_hidden.append(reduce_streams(streams))
+            if output_hidden_states:  # the residual entering each layer: Σ_s H_s (n = 1: the plain model's x)
+                all_hidden.append(streams.sum(dim=-2))
             streams, layer_routing, ctx = layer(streams, cos, sin, mask, cache=cache)
             routing.append(layer_routing)
             if output_diagnostics:
                 diagnostics.append({**ctx, "streams": streams})
-        hidden = self.norm(reduce_streams(streams))  # [B, S, d]
+        hidden = reduce_streams(streams, self.norm, self.config.stream_reduce)  # [B, S, d], what lm_head reads
         if output_hidden_states:
             all_hidden.append(hidden)
         return HizooModelOutput(
@@ -276,6 +373,9 @@ class HizooModel(HizooPreTrainedModel):
 
 class HizooForCausalLM(HizooPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    # The loss is a per-batch mean and ignores transformers' `num_items_in_batch`: this tells the HF Trainer to
+    # divide it by the accumulation steps itself (else gradients grow with gradient_accumulation_steps).
+    accepts_loss_kwargs = False
 
     def __init__(self, config: HizooConfig):
         super().__init__(config)
@@ -318,11 +418,16 @@ class HizooForCausalLM(HizooPreTrainedModel, GenerationMixin):
         past_key_values: Cache | None = None,
         **kwargs,
     ) -> HizooCausalLMOutput:
-        """``labels`` [B, S] are the input ids themselves (shifted here); -100 is ignored. ``loss`` = CE + aux_loss."""
+        """``labels`` [B, S] are the input ids themselves (shifted here); -100 is ignored. ``loss`` = CE + aux_loss.
+        Bad inputs raise ``ValueError`` (``models/inputs.py``), among them labels that leave no target token."""
+        if torch.is_tensor(labels) and logits_to_keep and logits_to_keep < labels.shape[-1]:
+            raise ValueError(f"labels need the logits of every position; got logits_to_keep={logits_to_keep} "
+                             f"for labels of shape {tuple(labels.shape)} (pass logits_to_keep=0)")
         out = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             cache=cache if cache is not None else past_key_values, inputs_embeds=inputs_embeds,
             use_cache=use_cache, output_hidden_states=output_hidden_states, output_diagnostics=output_diagnostics,
+            labels=labels,
         )
         hidden = out.last_hidden_state if not logits_to_keep else out.last_hidden_state[:, -logits_to_keep:]
         logits = self.lm_head(hidden)  # [B, S, V]

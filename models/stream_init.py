@@ -4,16 +4,27 @@ With ``copy`` every stream starts as the embedding, so the n streams are interch
 initialization: the symmetric baseline in which hyper-connections tend to *collapse* (one dominant
 stream, mixing stuck near identity). Every other option makes the streams differ at initialization:
 
-| stream_init | stream s (x = embedding [d])                          | parameters                     |
-|-------------|-------------------------------------------------------|--------------------------------|
-| copy        | H_s = x                                               | none                           |
-| lss         | H_s = x ⊙ λ_s                                         | ``stream_scale`` λ [n, d]      |
-| rotate      | H_s = R(θ_s) x, R a product of 2-D channel rotations  | ``stream_angle`` θ [n, ⌊d/2⌋]  |
-| split       | H_s = x ⊙ softmax_s(ℓ)_s, so Σ_s H_s = x              | ``stream_split_logits`` ℓ [n, d] |
-| perturb     | H_s = x; the connections' mixing starts perturbed     | none here (see hyper_connections) |
+| stream_init     | stream s (x = embedding [d])                            | parameters                       |
+|-----------------|---------------------------------------------------------|----------------------------------|
+| copy            | H_s = x                                                 | none                             |
+| lss             | H_s = x ⊙ λ_s                                           | ``stream_scale`` λ [n, d]        |
+| rotate          | H_s = R(θ_s) x, R a product of 2-D channel rotations    | ``stream_angle`` θ [n, ⌊d/2⌋]    |
+| split           | H_s = x ⊙ softmax_s(ℓ)_s, so Σ_s H_s = x                | ``stream_split_logits`` ℓ [n, d] |
+| perturb         | H_s = x; the connections' mixing starts perturbed       | none here (see hyper_connections) |
+| balanced_rotate | H_s = R(±θ) x, signs balanced over streams per pair:    | ``stream_angle`` θ [n, d/2]      |
+|                 | ‖H_s‖ = ‖x‖ and Σ_s H_s = n·cos θ·x exactly             |                                  |
 
-``lss`` is Learned Stream Scaling of the stream-collapse paper (Alimaskina et al., arXiv 2606.03483);
-``rotate``, ``split`` and ``perturb`` are hizoo's own. All parameters are learnable.
+``lss`` is Learned Stream Scaling of the stream-collapse paper (Alimaskina et al., arXiv 2606.03483; its
+code's ``StreamExpandLSS``); ``rotate``, ``split``, ``perturb`` and ``balanced_rotate`` are hizoo's own.
+All parameters are learnable.
+
+Norms at initialization, per token, against ``copy`` (‖H_s‖ = ‖x‖, ‖Σ_s H_s‖ = n‖x‖): ``lss`` scales both
+by about 0.6; ``split`` keeps the sum at ‖x‖ (n times smaller) and shrinks each stream; ``rotate`` keeps
+each stream's norm but its streams partly cancel in the sum; ``balanced_rotate`` keeps each stream's
+norm exactly and the sum parallel to x at cos θ of copy's norm (the closest any set of distinct streams
+can come to both, see ``StreamExpansion``).
+
+After the last layer the streams are reduced to one hidden state by ``reduce_streams``.
 """
 
 from __future__ import annotations
@@ -26,7 +37,7 @@ from transformers import initialization as init
 
 from .configuration import HizooConfig
 
-LSS_INIT = 0.6  # λ = 0.6 + Xavier-uniform noise (the stream-collapse paper's code default)
+LSS_INIT = 0.6  # λ = 0.6 + Xavier-uniform noise (the stream-collapse code's default expand_lss_init)
 SPLIT_LOGIT_STD = 1.0  # ℓ ~ N(0, 1): each channel's share of stream s varies around 1/n by about ±60 % for n = 4
 
 
@@ -46,6 +57,24 @@ class StreamExpansion(nn.Module):
       1, so the reduced sum Σ_s H_s is exactly the embedding.
     - ``perturb``: H_s = x, like ``copy``; the symmetry is broken by each connection's perturbed mixing
       initialization (``ResidualStreams.reset_parameters``), so streams differ after the first branch.
+    - ``balanced_rotate``: the ``rotate`` map (same parameter ``stream_angle``, same channel pairs) with
+      angles θ_{s,k} = ε_{s,k}·θ, θ = ``stream_init_angle``, where for every channel pair k the signs
+      ε_{·,k} are a random permutation of n/2 times +1 and n/2 times −1 (odd n: one 0, so one stream keeps
+      that pair unrotated). Exactly, per token:
+        ‖H_s‖ = ‖x‖                      (each R is orthogonal: the embedding's scale in every stream)
+        Σ_s H_s = c·x,  c = Σ_s cos θ_{s,k} = n·cos θ (odd n: (n−1)·cos θ + 1)
+      because Σ_s sin θ_{s,k} = 0 cancels every rotated component: the sum stays parallel to the
+      embedding, at c/n of copy's norm (0.980 for θ = 0.2). Why not both norms exactly: for streams
+      with ‖H_s‖ = ‖x‖, ‖Σ_s H_s‖ ≤ Σ_s ‖H_s‖ = n‖x‖ with equality only if every H_s is the same vector
+      (triangle inequality). Exactly, for any streams of norm ‖x‖,
+        ‖Σ_s H_s‖² = n‖x‖²·(1 + (n − 1)·ρ̄),  ρ̄ = mean over stream pairs s ≠ s' of cos(H_s, H_s'),
+      so the sum's norm is fixed by how much the streams differ; here ρ̄ = (c² − n)/(n(n − 1)), for even n
+      (n cos²θ − 1)/(n − 1) (0.947 for n = 4, θ = 0.2; ``lss`` at d = 128 gives about 0.96 while scaling
+      both norms by 0.6).
+      Keeping the sum exact instead (H_s/cos θ) would grow every stream by 1/cos θ; hizoo keeps the
+      per-stream norm exact, since it sets the embedding's weight against the branch outputs added to
+      each stream, and under the default ``stream_reduce="norm_sum"`` the output Σ_s norm(H_s) =
+      c·norm(x) at the expansion either way (up to the norm's eps).
     """
 
     def __init__(self, config: HizooConfig):
@@ -55,13 +84,14 @@ class StreamExpansion(nn.Module):
         d = config.hidden_size
         if self.kind == "lss":
             self.stream_scale = nn.Parameter(torch.empty(n, d))
-        elif self.kind == "rotate":
+        elif self.kind in ("rotate", "balanced_rotate"):
             self.stream_angle = nn.Parameter(torch.empty(n, d // 2))
+            self.angle = config.stream_init_angle
         elif self.kind == "split":
             self.stream_split_logits = nn.Parameter(torch.empty(n, d))
         elif self.kind not in ("copy", "perturb"):
             raise ValueError(f"stream_init={self.kind!r} is not allowed; choose one of 'copy', 'lss', 'rotate', "
-                             f"'split', 'perturb'")
+                             f"'split', 'perturb', 'balanced_rotate'")
         if any(True for _ in self.parameters(recurse=False)):
             self.reset_parameters()
 
@@ -75,6 +105,8 @@ class StreamExpansion(nn.Module):
             init.uniform_(self.stream_angle, -math.pi, math.pi)
         elif self.kind == "split":
             init.normal_(self.stream_split_logits, mean=0.0, std=SPLIT_LOGIT_STD)
+        elif self.kind == "balanced_rotate":
+            init.copy_(self.stream_angle, balanced_angles(*self.stream_angle.shape, self.angle))
 
     def forward(self, x: Tensor) -> Tensor:
         n = self.n_streams
@@ -85,7 +117,7 @@ class StreamExpansion(nn.Module):
         if self.kind == "split":
             shares = torch.softmax(self.stream_split_logits.float(), dim=0).to(x.dtype)  # [n, d], Σ_s = 1
             return x.unsqueeze(-2) * shares
-        # rotate
+        # rotate, balanced_rotate
         h = self.stream_angle.shape[-1]
         cos, sin = self.stream_angle.cos().to(x.dtype), self.stream_angle.sin().to(x.dtype)  # [n, h]
         x1, x2, rest = x[..., None, :h], x[..., None, h:2 * h], x[..., 2 * h:]  # [B, S, 1, h] ×2, [B, S, d-2h]
@@ -95,6 +127,29 @@ class StreamExpansion(nn.Module):
         return torch.cat(parts, dim=-1)
 
 
-def reduce_streams(streams: Tensor) -> Tensor:
-    """Sum the streams: [B, S, n, d] -> [B, S, d] (before the final norm, as in both papers)."""
-    return streams.sum(dim=-2)
+def balanced_angles(n: int, pairs: int, angle: float) -> Tensor:
+    """[n, pairs] angles ε_{s,k}·angle: per pair k the signs ε_{·,k} are a random permutation (torch's global
+    RNG, as every init) of n//2 times +1, n//2 times −1 and, for odd n, one 0, so Σ_s sin θ_{s,k} = 0."""
+    base = torch.tensor([1.0] * (n // 2) + [-1.0] * (n // 2) + [0.0] * (n % 2))  # [n]
+    order = torch.rand(pairs, n).argsort(dim=-1)  # [pairs, n]: a random permutation per pair
+    return angle * base[order].T  # [n, pairs]
+
+
+def reduce_streams(streams: Tensor, norm: nn.Module, how: str = "norm_sum") -> Tensor:
+    """The model's output hidden state from its last streams: [B, S, n, d] -> [B, S, d].
+
+    - ``norm_sum`` (default): Σ_s norm(H_s), the one final norm applied to each stream and the results
+      summed, as the official stream-collapse model does (``ln_f`` on the stream-major batch, then the sum
+      over streams).
+    - ``sum_norm``: norm(Σ_s H_s), hizoo's earlier form (and the ``hyper-connections`` package's models:
+      reduce, then the final norm).
+
+    With one stream both are norm(H), the plain pre-norm model's final norm. They differ by more than a
+    scale for distinct streams; for n equal streams H_s = x, norm_sum gives n·norm(x) and sum_norm norm(x)
+    (up to the norm's eps), so logits are n times larger under norm_sum.
+    """
+    if how == "norm_sum":
+        return norm(streams).sum(dim=-2)
+    if how == "sum_norm":
+        return norm(streams.sum(dim=-2))
+    raise ValueError(f"stream_reduce={how!r} is not allowed; choose one of 'norm_sum', 'sum_norm'")

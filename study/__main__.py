@@ -16,14 +16,14 @@ are reused: an interrupted study continues where it stopped (--fresh retrains ev
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shlex
 import sys
 from pathlib import Path
 
+from ..models.files import atomic_write_json
 from .report import table, write
-from .runner import run_study
+from .runner import CorruptResultError, run_study
 from .variants import SCALES, STUDIES, select
 
 
@@ -49,6 +49,14 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and value < 1:
             parser.error(f"--{name} must be >= 1, got {value}")
 
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"--out {args.out} is a file; give a folder (it is created if missing)")
+    for entry in args.data or []:
+        if entry.startswith("hf:") and len(args.data) > 1:
+            parser.error(f"--data {entry}: a hub data set is a whole corpus; give it alone")
+        if not entry.startswith("hf:") and not Path(entry).exists():
+            parser.error(f"--data {entry}: does not exist (a corpus file or folder, or hf:NAME)")
+
     scale = SCALES[args.scale]
     try:
         variants = select(STUDIES[args.study](scale), args.variants)
@@ -60,11 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.data:
         source = args.data[0] if len(args.data) == 1 and args.data[0].startswith("hf:") else args.data
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # one line per run instead of Lightning's banner
-    results = run_study(variants, scale, seeds, out, source=source, steps=args.steps, fresh=args.fresh,
-                        jobs=args.jobs)
+    try:
+        results = run_study(variants, scale, seeds, out, source=source, steps=args.steps, fresh=args.fresh,
+                            jobs=args.jobs)
+    except CorruptResultError as err:  # a damaged result.json of an earlier run: say which and how to recover
+        parser.exit(1, f"{parser.prog}: error: {err}\n")
 
     command = "python -m hizoo.study " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    (out / "results.json").write_text(json.dumps(results, default=str))
+    atomic_write_json(out / "results.json", results, default=str)
     page = write(args.study, results, out, command)
     print()
     print(table(args.study, results))

@@ -1,13 +1,12 @@
 """Train one (variant, seed) of a study with Lightning and measure it on held-out data.
 
-Each run writes ``runs/<variant>/seed<k>/result.json`` under the study folder and logs to TensorBoard under
-``tensorboard/<variant>/seed<k>``; a study that is started again skips the runs whose result is there, so an
-interrupted study continues where it stopped.
+Each run writes ``runs/<variant>/seed<k>/result.json`` (atomically) under the study folder and logs to
+TensorBoard under ``tensorboard/<variant>/seed<k>``; a study that is started again skips the runs whose result
+is there, so an interrupted study continues where it stopped.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from statistics import fmean
@@ -21,6 +20,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from ..analysis.callback import DiagnosticsCallback
 from ..analysis.report import collect
 from ..data import HizooDataModule
+from ..models.files import atomic_write_json, read_json
 from ..models.lightning import HizooLightningModule
 from .variants import Scale, Variant
 
@@ -81,7 +81,13 @@ def held_out_batch(datamodule: HizooDataModule, n: int) -> tuple[torch.Tensor, t
 
 
 def summary_metrics(report: dict) -> dict:
-    """The study's per-run numbers from a diagnostics report (layer means; absent sections give no keys)."""
+    """The study's per-run numbers from a diagnostics report (layer means; absent sections give no keys).
+
+    Streams: "mix_identity_distance" (‖M̄ − I‖_F of the token-mean mixing) and "mix_identity_distance_per_token"
+    (token mean of ‖M_t − I‖_F), both averaged over connections; "column_sum_deviation" / "row_sum_deviation"
+    (mean |sum − 1| of the per-token sums over all connections); "logit_spread_above_30" (mHC); "amax_forward" /
+    "amax_backward" (token mean of the per-token Amax gain of the mixing product over depth); and
+    "exact_by_construction": the keys of those that are fixed for the kind (left out, not reported as constants)."""
     out: dict = {}
     experts = report.get("experts")
     if experts and experts["moe_layers"]:
@@ -101,12 +107,26 @@ def summary_metrics(report: dict) -> dict:
         out["dominant_share_max"] = max(layer["dominant_share"] for layer in layers)
         out["effective_streams"] = fmean(layer["effective_streams"] for layer in layers)
         out["stream_cosine"] = fmean(layer["mean_cosine"] for layer in layers)
-        dist = [layer[b]["mix_identity_distance"] for layer in layers for b in ("attn", "ffn")
-                if "mix_identity_distance" in layer[b]]
-        if dist:
-            out["mix_identity_distance"] = fmean(dist)
-        if "depth" in streams:
-            out["amax_gain"] = streams["depth"]["amax_gain"]
+        conns = [layer[b] for layer in layers for b in ("attn", "ffn") if "mix" in layer[b]]
+        if conns:
+            out["mix_identity_distance"] = fmean(m["mix_identity_distance"] for m in conns)  # of the token-mean M
+            if "mix_identity_distance_per_token" in conns[0]:
+                out["mix_identity_distance_per_token"] = fmean(m["mix_identity_distance_per_token"] for m in conns)
+        mixing, depth = streams.get("mixing", {}), streams.get("depth", {})
+        for axis in ("column", "row"):
+            if f"{axis}_sums_per_token" in mixing:
+                out[f"{axis}_sum_deviation"] = mixing[f"{axis}_sums_per_token"]["mean_abs_deviation"]
+        if "fraction_above_30" in mixing.get("logit_spread", {}):
+            out["logit_spread_above_30"] = mixing["logit_spread"]["fraction_above_30"]
+        for name in ("forward", "backward"):
+            if f"amax_{name}" in depth:
+                out[f"amax_{name}"] = depth[f"amax_{name}"]
+        exact = streams.get("exact_by_construction", {})
+        fixed = [key for family, key in (("column_sums", "column_sum_deviation"), ("row_sums", "row_sum_deviation"),
+                                         ("amax_forward", "amax_forward"), ("amax_backward", "amax_backward"))
+                 if family in exact]
+        if fixed:
+            out["exact_by_construction"] = fixed
         if "ablation" in streams:
             inc = streams["ablation"]["loss_increase"]
             out["ablation_max"], out["ablation_min"] = max(inc), min(inc)
@@ -154,8 +174,15 @@ def train_variant(variant: Variant, scale: Scale, seed: int, out: Path, datamodu
     }
     path = result_path(out, variant.name, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, default=str))
+    atomic_write_json(path, result, default=str)  # a kill mid-write leaves no truncated result.json
     return load_result(path)
+
+
+class CorruptResultError(ValueError):
+    """A run's result.json exists but cannot be used; the message names the file and how to recover."""
+
+
+_RESULT_FIELDS = ("variant", "seed", "steps", "val_ppl", "report")
 
 
 def result_path(out: Path, variant: str, seed: int) -> Path:
@@ -164,8 +191,20 @@ def result_path(out: Path, variant: str, seed: int) -> Path:
 
 def load_result(path: Path) -> dict:
     """A result.json back as train_variant returned it (JSON turns the int layer keys into strings). The
-    metrics are derived again from the stored report, so a metric added later applies to finished runs."""
-    result = json.loads(path.read_text())
+    metrics are derived again from the stored report, so a metric added later applies to finished runs.
+
+    A file that cannot be read (truncated, corrupt, or without the fields train_variant writes) raises
+    ``CorruptResultError`` naming it and how to recover."""
+    recover = "delete it to train that run again, or start the study with --fresh to retrain every run"
+    try:
+        result = read_json(path, recover=recover)
+    except OSError as err:
+        raise CorruptResultError(f"{path} cannot be read ({err.strerror or err}); {recover}") from err
+    except ValueError as err:
+        raise CorruptResultError(str(err)) from err
+    missing = [key for key in _RESULT_FIELDS if not isinstance(result, dict) or key not in result]
+    if missing:
+        raise CorruptResultError(f"{path} is not a complete run result (no {', '.join(missing)}); {recover}")
     report = result["report"]
     for section in ("experts", "domains"):
         if section in report and "layers" in report[section]:

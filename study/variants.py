@@ -4,7 +4,7 @@ Every variant of a study shares the scale's transformer, data, token budget and 
 under study change. In the MoE study every routed variant has the same experts (E, K, expert width), hence
 the same total and active parameters; the dense baseline matches the active parameters (its FFN width is
 K × the expert width). In the streams study every variant has the same dense FFN model; only the residual
-(plain, HC, mHC) and the stream initialization change.
+(plain, HC, mHC, mHC-lite) and the stream initialization change.
 """
 
 from __future__ import annotations
@@ -83,8 +83,9 @@ class Variant:
 
 def moe_variants(scale: Scale) -> list[Variant]:
     """Dense (active-parameter matched), OLMoE top-k, Mixtral top-k (renormalized weights), DeepSeek-V3
-    group-limited, Hi-MoE as in its reference (groups of 8 experts, k_g = 2, every group selected), the same
-    without its intra-group term, and Hi-MoE with k_g = 1 (one expert per group)."""
+    group-limited, Hi-MoE as in its reference (groups of 8 experts, k_g = 2, every group selected), the same with
+    the reference's training recipe (capacity 2.0, Switch init), without its intra-group term, and Hi-MoE with
+    k_g = 1 (one expert per group)."""
     E, K, width = scale.num_experts, scale.top_k, scale.expert_width
     moe = dict(ffn="moe", num_experts=E, num_experts_per_tok=K, moe_intermediate_size=width)
     himoe_groups = max(1, min(E // 8, K // 2))  # groups of E/G ≥ 8 experts when E allows, k_g = K/G ≥ 2
@@ -100,6 +101,11 @@ def moe_variants(scale: Scale) -> list[Variant]:
                      seq_aux_loss_coef=1e-4)),
         Variant("himoe", f"Hi-MoE ({himoe_groups}×{E // himoe_groups} experts, k_g = {K // himoe_groups})",
                 dict(moe, router="himoe", n_groups=himoe_groups)),
+        # the reference's training recipe on top: capacity factor 2.0 in training and eval (its drop rule and
+        # order) and Switch init of every layer (configs/himoe_reference.yaml); the other variants are dropless
+        Variant("himoe_ref", f"Hi-MoE ({himoe_groups}×{E // himoe_groups}), reference recipe (capacity 2.0, Switch init)",
+                dict(moe, router="himoe", n_groups=himoe_groups, capacity_factor=2.0, eval_capacity_factor=2.0,
+                     init_scheme="switch")),
         # ablation: the intra-group specialization term (Eq. 6) off, everything else as the reference
         Variant("himoe_no_intra", f"Hi-MoE ({himoe_groups}×{E // himoe_groups}), λ1 = 0",
                 dict(moe, router="himoe", n_groups=himoe_groups, himoe_lambda_intra=0.0)),
@@ -107,13 +113,21 @@ def moe_variants(scale: Scale) -> list[Variant]:
     ]
 
 
+MHC_LITE_INITS = ("copy", "lss", "balanced_rotate")  # the stream-collapse paper's setting, its LSS, hizoo's control
+
+
 def stream_variants(scale: Scale) -> list[Variant]:
-    """Plain residual, then HC (dynamic, as in the HC paper's main results) and mHC with every stream_init:
-    ``copy`` is the symmetric baseline, the others break the symmetry between streams."""
+    """Plain residual, then HC (dynamic, as in the HC paper's main results) and mHC with every stream_init, and
+    mHC-lite (the stream-collapse paper's headline residual, where its code wires LSS) with ``copy``, ``lss`` and
+    ``balanced_rotate``: ``copy`` is the symmetric baseline, the others break the symmetry between streams
+    (``balanced_rotate`` without changing the embedding's norm in any stream, the control for ``lss``'s 0.6
+    scale)."""
     n = scale.n_streams
     out = [Variant("plain", "plain residual", dict(residual="none", n_streams=1))]
-    for residual, label, extra in (("hc", "HC", dict(hc_dynamic=True)), ("mhc", "mHC", {})):
-        for init in STREAM_INITS:
+    for residual, label, extra, inits in (("hc", "HC", dict(hc_dynamic=True), STREAM_INITS),
+                                          ("mhc", "mHC", {}, STREAM_INITS),
+                                          ("mhc_lite", "mHC-lite", {}, MHC_LITE_INITS)):
+        for init in inits:
             out.append(Variant(f"{residual}_{init}", f"{label} n={n}, {init}",
                                dict(residual=residual, n_streams=n, stream_init=init, **extra)))
     return out

@@ -63,7 +63,7 @@ import hizoo
 from transformers import AutoModelForCausalLM
 model = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()
 assert type(model).__name__ == "HizooForCausalLM", type(model)
-expected = torch.load(sys.argv[2])
+expected = torch.load(sys.argv[2], weights_only=True)
 with torch.no_grad():
     logits = model(expected["ids"]).logits
 torch.testing.assert_close(logits, expected["logits"], atol=1e-4, rtol=1e-4)

@@ -13,7 +13,7 @@ from hizoo.models.sinkhorn import permutation_matrices, permutation_mixture, sin
 from hizoo.models.stream_init import StreamExpansion
 
 TINY = dict(vocab_size=61, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48)
-SYMMETRY_BREAKING = ("lss", "rotate", "split", "perturb")
+SYMMETRY_BREAKING = ("lss", "rotate", "split", "perturb", "balanced_rotate")
 
 
 def _model(seed=0, **overrides) -> HizooForCausalLM:
@@ -40,27 +40,39 @@ def test_one_stream_hc_is_exactly_the_plain_residual(dynamic):
 
 
 @pytest.mark.parametrize("dynamic", [False, True])
-def test_hc_with_copy_init_equals_the_plain_model_at_init(dynamic):
-    """Every stream stays a copy of the plain residual; the final RMSNorm absorbs the sum of n copies (exactly
-    up to its eps, which sees n² times the mean square: a tiny eps makes that invisible)."""
+@pytest.mark.parametrize("reduce", ["norm_sum", "sum_norm"])
+def test_hc_with_copy_init_keeps_n_copies_of_the_plain_residual(dynamic, reduce):
+    """At init (A_r = I, B = 1, W = 0, whichever stream is read) every stream stays a copy of the plain model's
+    residual x. The output then differs by the reduction: norm_sum gives Σ_s norm(x) = n·norm(x), so the logits
+    are n times the plain model's (same argmax, softmax at temperature 1/n); sum_norm gives norm(n·x) = norm(x)
+    up to the norm's eps, which sees n² times the mean square (a tiny eps makes that invisible)."""
+    n = 4
     plain = _model(rms_norm_eps=1e-12)
-    config = HizooConfig(**TINY, residual="hc", n_streams=4, hc_dynamic=dynamic, rms_norm_eps=1e-12)
+    config = HizooConfig(**TINY, residual="hc", n_streams=n, hc_dynamic=dynamic, rms_norm_eps=1e-12,
+                         stream_reduce=reduce)
     hc = HizooForCausalLM(config).eval()
     hc.load_state_dict(plain.state_dict(), strict=False)
     ids = _ids()
     with torch.no_grad():
-        out = hc(ids, output_diagnostics=True)
-        ref = plain(ids).logits
-    torch.testing.assert_close(out.logits, ref, atol=1e-5, rtol=1e-4)
+        out = hc(ids, output_diagnostics=True, output_hidden_states=True)
+        ref = plain(ids, output_hidden_states=True)
+    factor = n if reduce == "norm_sum" else 1
+    torch.testing.assert_close(out.logits, factor * ref.logits, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(out.logits, (n + 1 - factor) * ref.logits, atol=1e-3)  # the other form is far off
     streams = out.diagnostics[-1]["streams"]  # [B, S, 4, d]
     assert torch.equal(streams, streams[..., :1, :].expand_as(streams))
+    # hidden states: the summed residual entering each layer (n copies of x), then what lm_head reads
+    for mine, theirs in zip(out.hidden_states[:-1], ref.hidden_states[:-1]):
+        torch.testing.assert_close(mine, n * theirs, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out.hidden_states[-1], factor * ref.hidden_states[-1], atol=1e-5, rtol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------- HC formulas
 
 
 def _conn(layer_idx=0, branch="attn", **overrides):
-    config = HizooConfig(**{**TINY, "residual": "hc", "n_streams": 3, **overrides})
+    """A connection whose starting stream is the cyclic k = (2·layer + branch) mod n, for hand-made examples."""
+    config = HizooConfig(**{**TINY, "residual": "hc", "n_streams": 3, "stream_start": "cyclic", **overrides})
     return ResidualStreams(config, layer_idx, branch)
 
 
@@ -84,7 +96,7 @@ def test_static_hc_at_init_is_the_paper_formula(dynamic):
 
 def test_hc_mixing_matches_hand_computed_example():
     """Non-trivial A_m, A_r, B: h = Σ_i A_m[i] H_i, Ĥ_j = B_j F + Σ_i A_r[i, j] H_i (Eqs. 2–5)."""
-    conn = _conn(hidden_size=2, num_attention_heads=1, n_streams=2)
+    conn = _conn(hidden_size=2, num_attention_heads=1, n_streams=2, hc_dynamic=False)
     with torch.no_grad():
         conn.static_read.copy_(torch.tensor([0.5, 2.0]))
         conn.static_mix.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))  # A_r[i, j]: input i -> output j
@@ -100,19 +112,21 @@ def test_hc_mixing_matches_hand_computed_example():
 
 def test_dynamic_hc_formula():
     """A_m = A_m⁰ + s_α tanh(H̄ W_m), A_r = A_r⁰ + s_α tanh(H̄ W_r), B = B⁰ + s_β tanh(H̄ W_β)ᵀ
-    (Eqs. 10–13)."""
+    (Eqs. 10–13), H̄ = H_i / ‖H_i‖ · √d ⊙ (1 + γ) per stream (the official code's RMSNorm)."""
     conn = _conn(n_streams=3, hc_dynamic=True)
     torch.manual_seed(0)
     with torch.no_grad():
         conn.dynamic_proj.normal_()
+        conn.dynamic_write_proj.normal_()
+        conn.norm_gain.normal_(std=0.5)
         conn.dynamic_scale.copy_(torch.tensor([0.3, 0.7]))
     H = torch.randn(2, 5, 3, 32)
     h, ctx = conn.read(H)
-    Hbar = H * torch.rsqrt(H.pow(2).mean(-1, keepdim=True) + conn.eps)
-    W = conn.dynamic_proj.detach().T  # [d, n + 2] = [W_m | W_r | W_β]
+    Hbar = H / H.norm(dim=-1, keepdim=True) * 32 ** 0.5 * (1 + conn.norm_gain.detach())
+    W = conn.dynamic_proj.detach().T  # [d, n + 1] = [W_m | W_r]
     A_m = conn.static_read.detach() + 0.3 * torch.tanh(Hbar @ W[:, :1]).squeeze(-1)
     A_r = conn.static_mix.detach() + 0.3 * torch.tanh(Hbar @ W[:, 1:4])
-    B = conn.static_write.detach() + 0.7 * torch.tanh(Hbar @ W[:, 4:5]).squeeze(-1)
+    B = conn.static_write.detach() + 0.7 * torch.tanh(Hbar @ conn.dynamic_write_proj.detach())
     torch.testing.assert_close(ctx["read"], A_m)
     torch.testing.assert_close(ctx["mix"], A_r)
     torch.testing.assert_close(ctx["write"], B)
@@ -135,24 +149,25 @@ def test_sinkhorn_is_doubly_stochastic_for_random_logits():
 
 
 def test_sinkhorn_on_wide_logits_is_exact_on_the_last_axis_and_converges_on_the_other():
-    """20 iterations do not fully converge when logits spread over ±10: the last normalization (over inputs i)
-    is exact, the other axis approaches 1 as iterations grow (and the -8/0 init is converged at once)."""
+    """20 iterations do not fully converge when logits spread over ±10: the last normalization (over outputs j,
+    the official order) is exact, the input axis approaches 1 as iterations grow (and the -8/0 init is
+    converged at once)."""
     logits = torch.randn(1024, 4, 4, generator=torch.Generator().manual_seed(0)) * 3
     errors = []
     for iters in (5, 20, 200):
         m = sinkhorn_log(logits, iters)
-        torch.testing.assert_close(m.sum(-2), torch.ones(1024, 4), atol=1e-5, rtol=0)
-        errors.append((m.sum(-1) - 1).abs().max().item())
+        torch.testing.assert_close(m.sum(-1), torch.ones(1024, 4), atol=1e-5, rtol=0)
+        errors.append((m.sum(-2) - 1).abs().max().item())
     assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-2
     init = torch.full((4, 4), -8.0).fill_diagonal_(0.0)
-    torch.testing.assert_close(sinkhorn_log(init, 20).sum(-1), torch.ones(4), atol=1e-6, rtol=0)
+    torch.testing.assert_close(sinkhorn_log(init, 20).sum(-2), torch.ones(4), atol=1e-6, rtol=0)
 
 
 def test_sinkhorn_matches_the_log_domain_reference_and_its_gradient():
-    def reference(logits, iters):
+    def reference(logits, iters):  # the official code's order: input axis (dim −2) first, output axis last
         for _ in range(iters):
-            logits = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
             logits = logits - torch.logsumexp(logits, dim=-2, keepdim=True)
+            logits = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
         return logits.exp()
 
     logits = (torch.randn(2, 5, 4, 4, dtype=torch.float64) * 2).requires_grad_()
@@ -192,7 +207,7 @@ def test_permutation_mixture_is_doubly_stochastic_and_identity_first():
 @pytest.mark.parametrize("kind", ["mhc", "mhc_lite"])
 def test_mhc_coefficients_on_random_inputs(kind):
     config = HizooConfig(**TINY, residual=kind, n_streams=4)
-    conn = ResidualStreams(config, layer_idx=0, branch="ffn")  # connection 1: reads stream 1
+    conn = ResidualStreams(config, layer_idx=0, branch="ffn")
     H = torch.randn(3, 7, 4, 32) * 5
     _, ctx = conn.read(H)  # at init (φ = 0) H_res is the same converged matrix for every token
     torch.testing.assert_close(ctx["mix"].sum(-1), torch.ones(3, 7, 4), atol=1e-5, rtol=0)
@@ -202,10 +217,10 @@ def test_mhc_coefficients_on_random_inputs(kind):
         conn.proj.normal_(std=1.0)  # token-dependent logits around the near-identity bias
     h, ctx = conn.read(H)
     mix = ctx["mix"]  # [3, 7, 4, 4]
-    # mhc_lite is exact; Sinkhorn's last normalization (over inputs i) is exact, the other axis within the
+    # mhc_lite is exact; Sinkhorn's last normalization (over outputs j) is exact, the input axis within the
     # residual of 20 iterations on near-identity logits (slow convergence of nearly decomposable matrices)
-    torch.testing.assert_close(mix.sum(-2), torch.ones(3, 7, 4), atol=1e-5, rtol=0)
-    torch.testing.assert_close(mix.sum(-1), torch.ones(3, 7, 4), atol=1e-5 if kind == "mhc_lite" else 1e-3, rtol=0)
+    torch.testing.assert_close(mix.sum(-1), torch.ones(3, 7, 4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(mix.sum(-2), torch.ones(3, 7, 4), atol=1e-5 if kind == "mhc_lite" else 1e-3, rtol=0)
     assert (mix >= 0).all() and ctx["mix_logits"].std(dim=(0, 1)).max() > 0.01  # the mixing varies per token
     assert ((ctx["read"] > 0) & (ctx["read"] < 1)).all() and ((ctx["write"] > 0) & (ctx["write"] < 2)).all()
     assert ctx["mix_logits"].shape == ((3, 7, 4, 4) if kind == "mhc" else (3, 7, 24))
@@ -217,16 +232,18 @@ def test_mhc_coefficients_on_random_inputs(kind):
 
 
 def test_mhc_coefficients_follow_eq7_with_rmsnorm_over_all_streams():
-    config = HizooConfig(**{**TINY, "hidden_size": 8, "num_attention_heads": 2}, residual="mhc", n_streams=2)
+    config = HizooConfig(**{**TINY, "hidden_size": 8, "num_attention_heads": 2}, residual="mhc", n_streams=2,
+                         stream_start="cyclic")
     conn = ResidualStreams(config, layer_idx=0, branch="attn")
     torch.manual_seed(3)
     with torch.no_grad():
         conn.proj.normal_()
+        conn.norm_gain.normal_(std=0.5)
         conn.alpha.copy_(torch.tensor([0.2, 0.3, 0.4]))
     H = torch.randn(1, 2, 2, 8)
     _, ctx = conn.read(H)
     x = H.flatten(-2)
-    x = x / x.pow(2).mean(-1, keepdim=True).add(conn.eps).sqrt()  # RMSNorm over nC = 16 values
+    x = x / x.pow(2).mean(-1, keepdim=True).sqrt() * (1 + conn.norm_gain.detach())  # RMSNorm over nC = 16 values
     z = x @ conn.proj.detach().T  # x⃗' [φ_pre | φ_post | φ_res]
     torch.testing.assert_close(ctx["read"], torch.sigmoid(0.2 * z[..., :2] + torch.tensor([1.0, -1.0])))
     torch.testing.assert_close(ctx["write"], 2 * torch.sigmoid(0.3 * z[..., 2:4] + torch.tensor([1.0, -1.0])))
@@ -234,7 +251,8 @@ def test_mhc_coefficients_follow_eq7_with_rmsnorm_over_all_streams():
 
 
 def test_mhc_init_matches_design():
-    conn = ResidualStreams(HizooConfig(**TINY, residual="mhc", n_streams=4), layer_idx=1, branch="ffn")  # k = 3
+    conn = ResidualStreams(HizooConfig(**TINY, residual="mhc", n_streams=4, stream_start="cyclic"),
+                           layer_idx=1, branch="ffn")  # k = 3
     assert torch.equal(conn.pre_bias.detach(), torch.tensor([-1.0, -1.0, -1.0, 1.0]))
     assert torch.equal(conn.post_bias.detach(), conn.pre_bias.detach())
     _, ctx = conn.read(torch.randn(1, 2, 4, 32))
@@ -393,7 +411,7 @@ def test_bad_values_raise_clear_errors(kwargs, field):
 
 @pytest.mark.parametrize("overrides, shapes", [
     (dict(), {}),
-    (dict(residual="hc", n_streams=3), {"read": (3,), "write": (3,), "mix": (3, 3)}),
+    (dict(residual="hc", n_streams=3, hc_dynamic=False), {"read": (3,), "write": (3,), "mix": (3, 3)}),
     (dict(residual="hc", n_streams=3, hc_dynamic=True), {"read": (2, 9, 3), "write": (2, 9, 3), "mix": (2, 9, 3, 3)}),
     (dict(residual="mhc", n_streams=3),
      {"read": (2, 9, 3), "write": (2, 9, 3), "mix": (2, 9, 3, 3), "mix_logits": (2, 9, 3, 3)}),

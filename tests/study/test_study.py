@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from hizoo.models.configuration import STREAM_INITS
 from hizoo.study import SCALES, moe_variants, stream_variants
 from hizoo.study.__main__ import main
 from hizoo.study.runner import load_result, parameter_counts, result_path, summary_metrics
@@ -86,7 +87,9 @@ def test_streams_study_covers_every_init(streams_study):
     variants = stream_variants(TOY)
     results = _results(streams_study)
     assert list(results) == [v.name for v in variants]
-    assert {v.model.get("stream_init") for v in variants[1:]} == {"copy", "lss", "rotate", "split", "perturb"}
+    assert {v.model.get("stream_init") for v in variants[1:]} == set(STREAM_INITS)
+    lite = [v.model["stream_init"] for v in variants if v.model.get("residual") == "mhc_lite"]
+    assert lite == ["copy", "lss", "balanced_rotate"]
     page = (streams_study / "results.md").read_text()
     assert all(v.label in page for v in variants)
     assert (streams_study / "stream_dominance.png").stat().st_size > 1000
@@ -97,6 +100,11 @@ def test_streams_study_covers_every_init(streams_study):
         assert 1 / n - 1e-6 <= m["dominant_share"] <= m["dominant_share_max"] <= 1
         assert 1 <= m["effective_streams"] <= n + 1e-6
         assert "mix_identity_distance" in m and "ablation_max" in m
+        # every Amax gain is either measured or named as fixed by construction, never both
+        for key in ("amax_forward", "amax_backward", "column_sum_deviation", "row_sum_deviation"):
+            assert (key in m) != (key in m.get("exact_by_construction", ())), (v.name, key)
+        if v.model["residual"] == "hc":
+            assert "exact_by_construction" not in m and m["amax_forward"] > 0
         assert (streams_study / "figures" / f"{v.name}_streams_norm_shares.png").is_file()
     # copy init: every stream starts as the embedding; a few steps leave them parallel
     assert results["hc_copy"]["metrics"]["stream_cosine"] > results["hc_rotate"]["metrics"]["stream_cosine"]
