@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .corpus import Document, check_max_files, file_documents, hub_documents, stdlib_documents
 from .tokenizer import check_vocab_size, train_or_load_tokenizer
+from . import scale
 
 
 class PackedSequences(Dataset):
@@ -115,13 +116,26 @@ class HizooDataModule(L.LightningDataModule):
         text_field: the field of .jsonl/.json/.parquet records (and hub data sets) that holds the text.
         skip_bad_files: skip corpus files that are not UTF-8 text or hold malformed records, with a warning,
             instead of stopping with an error naming the file.
+        tokenizer: a Hugging Face tokenizer (local folder or hub name) instead of the trained BPE (vocab_size is
+            then unused; the model's vocabulary is len(tokenizer)).
+        weights: domain -> proportion of the training sequences (data/mixture.py); validation keeps the natural
+            split.
+        streaming: read "hf:NAME" or one jsonl/json/parquet file as a stream, tokenized and packed on the fly
+            (data/streaming.py; needs ``tokenizer``).
+        val_sequences: with streaming, the validation set is the first val_sequences held-out sequences.
+
+    At scale (data/scale.py): ``source`` may also be a folder written by ``python -m hizoo.data.prepare``, read
+    through ``np.memmap``; its tokenizer and split are the folder's.
     """
 
     def __init__(self, source: str | list[str] = "stdlib", max_files: int | None = None, vocab_size: int = 4096,
                  seq_len: int = 256, batch_size: int = 8, val_every: int = 20, seed: int = 0,
                  cache_dir: str = "runs/cache", num_workers: int = 0, text_field: str = "text",
-                 skip_bad_files: bool = False):
+                 skip_bad_files: bool = False, tokenizer: str | None = None, weights: dict[str, float] | None = None,
+                 streaming: bool = False, val_sequences: int = 512):
         super().__init__()
+        scale.check_arguments(source, tokenizer, weights, streaming, val_sequences)
+        self.tokenizer_name, self.weights, self.streaming, self.val_sequences = tokenizer, weights, streaming, val_sequences
         _check_source(source)
         check_max_files(max_files)
         check_vocab_size(vocab_size)
@@ -154,6 +168,8 @@ class HizooDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.tokenizer is not None:
             return
+        if scale.setup(self):  # a prepared folder or a stream
+            return
         docs = self._documents()
         self.domain_names = sorted({d.domain for d in docs})
         val_docs = docs[self.val_every - 1:: self.val_every]
@@ -161,7 +177,8 @@ class HizooDataModule(L.LightningDataModule):
         if not val_docs or not train_docs:
             raise ValueError(f"the corpus has {len(docs)} document(s); with every val_every={self.val_every}-th held "
                              f"out for validation, the {'validation' if not val_docs else 'train'} split is empty")
-        self.tokenizer = train_or_load_tokenizer([d.text for d in train_docs], self.vocab_size, self.cache_dir)
+        self.tokenizer = (scale.load_tokenizer(self.tokenizer_name) if self.tokenizer_name else
+                          train_or_load_tokenizer([d.text for d in train_docs], self.vocab_size, self.cache_dir))
         self.train_set = self._pack(train_docs, "train")
         self.val_set = self._pack(val_docs, "validation")
         if len(self.train_set) < self.batch_size:
@@ -183,7 +200,9 @@ class HizooDataModule(L.LightningDataModule):
         domains = torch.tensor(domains[: n * self.seq_len]).view(n, self.seq_len)
         return PackedSequences(ids, domains)
 
-    def train_dataloader(self) -> ResumableLoader:
+    def train_dataloader(self) -> DataLoader:
+        if self.streaming or self.weights is not None:  # loaders whose position Lightning saves (data/loader.py)
+            return scale.resumable_train_loader(self)
         world_size, rank = 1, 0
         if self.trainer is not None:
             world_size, rank = self.trainer.world_size, self.trainer.global_rank
@@ -201,11 +220,12 @@ class HizooDataModule(L.LightningDataModule):
 
     # Lightning saves these with every checkpoint and hands them back on resume, before the first batch.
     _RESUME_FIELDS = ("source", "max_files", "vocab_size", "seq_len", "batch_size", "val_every", "seed", "text_field",
-                      "skip_bad_files")
+                      "skip_bad_files", "tokenizer", "weights", "streaming", "val_sequences")
 
     def state_dict(self) -> dict:
         source = self.source if isinstance(self.source, str) else list(self.source)
-        return {name: getattr(self, name) for name in self._RESUME_FIELDS} | {"source": source}
+        state = {name: getattr(self, name) for name in self._RESUME_FIELDS if name != "tokenizer"}
+        return state | {"source": source, "tokenizer": self.tokenizer_name}
 
     def load_state_dict(self, state: dict) -> None:
         now = self.state_dict()
@@ -215,6 +235,10 @@ class HizooDataModule(L.LightningDataModule):
             raise ValueError("resuming with data settings that differ from the checkpoint's run: "
                              + "; ".join(changed) + ". A resumed run continues the same run: drop these overrides, "
                              "or start a new run in another folder (--trainer.default_root_dir)")
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        scale.mark_consumed(self)  # a training step received a batch: the resumable loader's position advances
+        return batch
 
 
 def _check_source(source) -> None:
