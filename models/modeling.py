@@ -5,7 +5,9 @@ streams (Σ_s norm(H_s), or norm(Σ_s H_s) with ``stream_reduce="sum_norm"``) ->
 
 Each block has two branches, attention and feed-forward (dense SwiGLU or MoE), each behind its own
 residual connection (``models/hyper_connections.py``; with ``residual="none"`` that is the plain
-pre-norm residual x + F(norm(x))).
+pre-norm residual x + F(norm(x))). Attention kernels and masks: ``models/attention.py`` (transformers' attention
+interface and mask utilities); RoPE: ``models/rope.py``; the loss is transformers' causal-LM loss plus the
+routers' losses (``HizooForCausalLM.forward``); the HF Trainer's router-state callback: ``models/hf_trainer.py``.
 """
 
 from __future__ import annotations
