@@ -119,3 +119,15 @@ def test_static_cache_logits_equal_the_full_forward():
     assert first.cache is cache
     torch.testing.assert_close(first.logits, full[:, :6], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(step.logits, full[:, 6:], atol=1e-5, rtol=1e-5)
+
+
+def test_from_pretrained_attn_implementation_eager_runs_eager(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    _model().save_pretrained(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    assert model.config._attn_implementation == "eager"
+    ids = torch.randint(1, 97, (1, 6))
+    with torch.no_grad():
+        out = model(ids, output_attentions=True)
+    assert len(out.attentions) == 2 and out.attentions[1].shape == (1, 4, 6, 6)
