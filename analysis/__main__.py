@@ -30,15 +30,6 @@ def _tokenizer(path: Path):
     return AutoTokenizer.from_pretrained(directory)
 
 
-def _read_text(path: Path, parser: argparse.ArgumentParser) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        parser.error(f"--data {path} is not UTF-8 text (byte {err.start})")
-    except OSError as err:
-        parser.error(f"--data {path} cannot be read: {err.strerror or err}")
-
-
 def held_out_ids(tokenizer, texts: dict[str, str] | None, vocab_size: int, num_seqs: int, seq_len: int,
                  seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None, list[str] | None, str]:
     """-> (input_ids [B, S], domain_ids [B, S] or None, domain names or None, description of the data).
@@ -70,6 +61,35 @@ def held_out_ids(tokenizer, texts: dict[str, str] | None, vocab_size: int, num_s
             "routing are not representative of real data")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def _read_data(parser: argparse.ArgumentParser, files: list[str]) -> dict[str, str]:
+    """file name -> UTF-8 text of each --data file; a missing, binary or empty file stops with its path."""
+    texts = {}
+    for name in files:
+        path = Path(name)
+        if not path.is_file():
+            parser.error(f"--data {name}: {'is a folder, not a file' if path.is_dir() else 'does not exist'}")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            parser.error(f"--data {name}: not UTF-8 text (byte {err.start}: {err.reason})")
+        if not text.strip():
+            parser.error(f"--data {name}: the file has no text")
+        if path.name in texts:
+            parser.error(f"--data {name}: two files named {path.name!r}; each file is a domain named after it")
+        texts[path.name] = text
+    return texts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hizoo.analysis", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -78,10 +98,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="text files of held-out data, tokenized with the model's tokenizer; with several files "
                              "each file is a domain for per-domain routing")
     parser.add_argument("--out", default="analysis_out", help="output directory (default: analysis_out)")
-    parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--num-seqs", type=int, default=8)
+    parser.add_argument("--seq-len", type=_positive_int, default=256,
+                        help="tokens per sequence (default 256; at most the model's max_position_embeddings)")
+    parser.add_argument("--num-seqs", type=_positive_int, default=8, help="sequences per domain (default 8)")
     parser.add_argument("--no-ablation", action="store_true", help="skip the stream-ablation losses")
     args = parser.parse_args(argv)
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"--out {args.out} is a file; give a folder (it is created if missing)")
+    texts = _read_data(parser, args.data) if args.data else None
 
     path = Path(args.model)
     try:  # a missing, corrupt, unsafe or mismatched model is the user's input: a message, not a traceback
@@ -90,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"cannot load {path}: {err}")
     model.eval()
     seq_len = min(args.seq_len, getattr(model.config, "max_position_embeddings", args.seq_len))
-    texts = {Path(f).name: _read_text(Path(f), parser) for f in args.data} if args.data else None
+    if seq_len < args.seq_len:
+        print(f"--seq-len {args.seq_len} is longer than the model's max_position_embeddings; using {seq_len}",
+              file=sys.stderr)
     try:
         input_ids, domain_ids, domain_names, source = held_out_ids(
             _tokenizer(path), texts, model.config.vocab_size, args.num_seqs, seq_len)

@@ -86,6 +86,73 @@ def mix_heatmaps(streams: dict) -> Figure:
     return fig
 
 
+def logit_spread_histogram(streams: dict) -> Figure:
+    """Per-token spread (max − min) of the residual-mixing logits over every connection: the official analysis'
+    histogram of log(1/ν), with its threshold of 30 for mHC's Sinkhorn."""
+    spread = streams["mixing"]["logit_spread"]
+    edges, counts = np.array(spread["histogram"]["edges"]), np.array(spread["histogram"]["counts"])
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.stairs(counts, edges, fill=True, alpha=0.75)
+    title = "mixing logit spread per token and connection"
+    if "fraction_above_30" in spread:
+        ax.axvline(30, color="k", lw=0.8, ls="--")
+        title += f" ({spread['fraction_above_30']:.1%} > 30)"
+    ax.set_xlabel("max − min of the logits (log 1/ν)")
+    ax.set_ylabel("count")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _box(ax, dist: dict, title: str) -> None:
+    """Box plot per stream from a ``stream_distribution`` (box q25–q75, whiskers q05–q95, dots min and max)."""
+    n = len(dist["median"])
+    stats = [{"med": dist["median"][j], "q1": dist["q25"][j], "q3": dist["q75"][j], "whislo": dist["q05"][j],
+              "whishi": dist["q95"][j], "fliers": [dist["min"][j], dist["max"][j]], "label": str(j)} for j in range(n)]
+    ax.bxp(stats, showfliers=True)
+    ax.axhline(1.0, color="gray", lw=0.8, ls="--")
+    ax.set_title(title, fontsize=8)
+
+
+def mix_sum_boxes(streams: dict) -> Figure:
+    """Per-token sums of the mixings (all connections pooled) and of their product over depth, per stream
+    index, for each axis that is not exact by construction (the official analysis' box plots)."""
+    panels = [(section, axis) for section in ("mixing", "depth") for axis in ("column", "row")
+              if f"{axis}_sums_per_token" in streams.get(section, {})]
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels) + 0.6, 3.2), squeeze=False)
+    for ax, (section, axis) in zip(axes[0], panels):
+        what = "Σ_i M[i, j] (column)" if axis == "column" else "Σ_j M[i, j] (row)"
+        _box(ax, streams[section][f"{axis}_sums_per_token"],
+             f"{what}\n{'every connection' if section == 'mixing' else 'product over depth'}")
+        ax.set_xlabel("output stream j" if axis == "column" else "input stream i", fontsize=8)
+    axes[0][0].set_ylabel("sum per token")
+    fig.tight_layout()
+    return fig
+
+
+def amax_over_depth(streams: dict) -> Figure:
+    """Token-mean Amax gain per connection: of its own mixing and of the composite from it to the last
+    connection (the mHC paper's Fig. 3 / 7), forward and backward where not fixed at 1."""
+    conns = [layer[b] for layer in streams["layers"] for b in ("attn", "ffn") if "mix" in layer[b]]
+    depth = streams["depth"]
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    x = np.arange(len(conns))
+    for k, (name, color) in enumerate((("forward", "C0"), ("backward", "C1"))):
+        if f"suffix_amax_{name}" not in depth:
+            continue
+        ax.plot(x, [m[f"mix_amax_{name}"] for m in conns], color=color, ls="--", marker=".",
+                label=f"{name}, one connection")
+        ax.plot(x, depth[f"suffix_amax_{name}"], color=color, marker="o", ms=3, label=f"{name}, composite to the end")
+    ax.axhline(1.0, color="gray", lw=0.8, ls=":")
+    ax.set_xlabel("connection (2·layer + branch)")
+    ax.set_ylabel("Amax gain (token mean)")
+    if max(ax.get_ylim()) > 10:
+        ax.set_yscale("log")
+    ax.legend(fontsize="x-small")
+    fig.tight_layout()
+    return fig
+
+
 def domain_expert_heatmap(domains: dict) -> Figure:
     """Domain × expert usage over all MoE layers (rows sum to 1), with each domain's specialization."""
     d = domains["all_layers"]
@@ -117,4 +184,10 @@ def figures(report: dict) -> dict[str, Figure]:
         out["streams/norm_shares"] = stream_norm_shares(streams)
         if any("mix" in layer[b] for layer in streams["layers"] for b in ("attn", "ffn")):
             out["streams/mix"] = mix_heatmaps(streams)
+        if "logit_spread" in streams.get("mixing", {}):
+            out["streams/logit_spread"] = logit_spread_histogram(streams)
+        if any(f"{a}_sums_per_token" in streams.get(s, {}) for s in ("mixing", "depth") for a in ("column", "row")):
+            out["streams/mix_sums"] = mix_sum_boxes(streams)
+        if any(k.startswith("suffix_amax_") for k in streams.get("depth", {})):
+            out["streams/amax_depth"] = amax_over_depth(streams)
     return out

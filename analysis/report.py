@@ -8,6 +8,7 @@ from torch import Tensor
 
 from .domains import domain_expert_counts, domain_usage
 from .experts import expert_metrics
+from .mixing import AXIS_GAIN
 from .streams import lss_scales, stream_ablation, stream_metrics
 
 
@@ -33,7 +34,8 @@ def collect(model, input_ids: Tensor, domain_ids: Tensor | None = None, domain_n
     report: dict = {"loss": float(ce), "tokens": int(input_ids.numel()), "notes": [],
                     "config": {k: getattr(config, k, None) for k in (
                         "num_hidden_layers", "hidden_size", "ffn", "num_experts", "num_experts_per_tok",
-                        "n_groups", "router", "residual", "n_streams", "stream_init")}}
+                        "n_groups", "router", "residual", "n_streams", "stream_init", "stream_reduce",
+                        "hc_dynamic", "mhc_sinkhorn_iters")}}
     if kind["moe"]:
         report["experts"] = expert_metrics(out.routing, config.num_experts, config.n_groups)
         if domain_ids is not None:
@@ -51,7 +53,7 @@ def collect(model, input_ids: Tensor, domain_ids: Tensor | None = None, domain_n
     else:
         report["notes"].append("model has no MoE layers (ffn='dense'): expert metrics skipped")
     if kind["streams"]:
-        streams = stream_metrics(out.diagnostics)
+        streams = stream_metrics(out.diagnostics, config.residual)
         if ablation:
             streams["ablation"] = stream_ablation(model, out.diagnostics[-1]["streams"], input_ids)
         scales = lss_scales(model)
@@ -76,6 +78,47 @@ def _ranges(layers: list[int]) -> str:
     return ", ".join(parts)
 
 
+def _connections(streams: dict):
+    """(layer, branch, metrics) of every connection with a mixing."""
+    return [(i, b, layer[b]) for i, layer in enumerate(streams["layers"]) for b in ("attn", "ffn") if "mix" in layer[b]]
+
+
+def _mixing_lines(streams: dict) -> list[str]:
+    """Sentences on the residual mixing: distance from the identity, per-token sums, logit spreads, Amax gains."""
+    conns = _connections(streams)
+    if not conns:
+        return []
+    lines = []
+    dist = [m["mix_identity_distance_per_token"] for _, _, m in conns]
+    mean_dist = [m["mix_identity_distance"] for _, _, m in conns]
+    lines.append(f"residual mixing distance from identity ‖M − I‖_F per token: mean {sum(dist) / len(dist):.3f}, "
+                 f"max over connections {max(dist):.3f} (of the token-mean M: mean "
+                 f"{sum(mean_dist) / len(mean_dist):.3f})")
+    mixing = streams.get("mixing", {})
+    for axis, what in (("column", "Σ_i M[i, j], column"), ("row", "Σ_j M[i, j], row")):
+        d = mixing.get(f"{axis}_sums_per_token")
+        if d:
+            lines.append(f"per-token {what} sums of the mixings: {min(d['min']):.3f}–{max(d['max']):.3f} "
+                         f"(mean |sum − 1| {d['mean_abs_deviation']:.2e})")
+    spread = mixing.get("logit_spread")
+    if spread:
+        above = (f", {spread['fraction_above_30']:.1%} above 30 (slow Sinkhorn)" if "fraction_above_30" in spread
+                 else "")
+        lines.append(f"residual-mixing logit spread (max − min per token): median {spread['median']:.1f}, "
+                     f"max {spread['max']:.1f}{above}")
+    depth = streams.get("depth", {})
+    gains = [f"{name} {depth[f'amax_{name}']:.3f} (worst token {depth[f'amax_{name}_max']:.3f})"
+             for name in ("forward", "backward") if f"amax_{name}" in depth]
+    if gains:
+        lines.append(f"Amax gain of the per-token mixing product over depth (token mean): {'; '.join(gains)}")
+    exact = streams.get("exact_by_construction", {})
+    for axis in ("column", "row"):
+        if f"{axis}_sums" in exact:
+            lines.append(f"not reported, 1 by construction: {axis} sums and amax_{AXIS_GAIN[axis]} "
+                         f"({exact[f'{axis}_sums']})")
+    return lines
+
+
 def summarize(report: dict) -> list[str]:
     """A few plain sentences on the report (layer numbers are 0-based)."""
     lines = [f"CE loss {report['loss']:.3f} on {report['tokens']} tokens"]
@@ -95,17 +138,12 @@ def summarize(report: dict) -> list[str]:
         eff = [layer["effective_streams"] for layer in streams["layers"]]
         lines.append(f"effective streams {min(eff):.2f}–{max(eff):.2f} of {n}; mean pairwise cosine in the last "
                      f"layer {streams['layers'][-1]['mean_cosine']:.2f}")
-        dist = [layer[b]["mix_identity_distance"] for layer in streams["layers"] for b in ("attn", "ffn")
-                if "mix_identity_distance" in layer[b]]
-        if dist:
-            lines.append(f"residual mixing distance from identity ‖M − I‖_F: mean {sum(dist) / len(dist):.3f}, "
-                         f"max {max(dist):.3f}")
-        if "depth" in streams:
-            lines.append(f"Amax gain of the mixing product over depth: {streams['depth']['amax_gain']:.3f}")
+        lines += _mixing_lines(streams)
         if "ablation" in streams:
             inc = streams["ablation"]["loss_increase"]
             j = max(range(len(inc)), key=lambda k: inc[k])
-            lines.append(f"zeroing stream {j} at the reduction raises the loss most: {inc[j]:+.3f} nats")
+            lines.append(f"zeroing stream {j}'s contribution to the output ({streams['ablation']['stream_reduce']}) "
+                         f"raises the loss most: {inc[j]:+.3f} nats")
     experts = report.get("experts")
     if experts and experts["moe_layers"]:
         layers = experts["layers"]
@@ -125,6 +163,12 @@ def summarize(report: dict) -> list[str]:
         lines.append(f"most specialized domain: {d['domains'][k]} (JS divergence {d['specialization'][k]:.3f} nats "
                      f"from the average expert usage)")
     return lines
+
+
+BRANCH_SCALARS = ("read_concentration", "read_concentration_per_token", "write_concentration",
+                  "write_concentration_per_token", "mix_identity_distance", "mix_identity_distance_per_token",
+                  "mix_off_diagonal_mass", "mix_amax_forward", "mix_amax_forward_max", "mix_amax_backward",
+                  "mix_amax_backward_max", "mix_logit_spread", "mix_logit_spread_max", "mix_logit_spread_above_30")
 
 
 def scalars(report: dict) -> dict[str, float]:
@@ -147,15 +191,35 @@ def scalars(report: dict) -> dict[str, float]:
     streams = report.get("streams")
     if streams:
         for i, layer in enumerate(streams["layers"]):
-            for key in ("dominant_share", "effective_streams", "mean_cosine"):
-                out[f"streams/layer{i}/{key}"] = layer[key]
+            for key in ("dominant_share", "dominant_share_per_token", "effective_streams", "mean_cosine"):
+                if key in layer:
+                    out[f"streams/layer{i}/{key}"] = layer[key]
             for b in ("attn", "ffn"):
-                for key in ("read_concentration", "write_concentration", "mix_identity_distance",
-                            "mix_off_diagonal_mass", "mix_logit_spread"):
-                    if key in layer[b]:
-                        out[f"streams/layer{i}/{b}/{key}"] = layer[b][key]
-        if "depth" in streams:
-            out["streams/amax_gain"] = streams["depth"]["amax_gain"]
+                for key, value in layer[b].items():
+                    if key in BRANCH_SCALARS:
+                        out[f"streams/layer{i}/{b}/{key}"] = value
+                    elif key.endswith("_sums_per_token"):
+                        out[f"streams/layer{i}/{b}/{key[:-len('_per_token')]}_max_abs_deviation"] = \
+                            value["max_abs_deviation"]
+        mixing = streams.get("mixing", {})
+        for axis in ("column", "row"):
+            if f"{axis}_sums_per_token" in mixing:
+                d = mixing[f"{axis}_sums_per_token"]
+                out[f"streams/mix_{axis}_sums/max_abs_deviation"] = d["max_abs_deviation"]
+                out[f"streams/mix_{axis}_sums/mean_abs_deviation"] = d["mean_abs_deviation"]
+        if "logit_spread" in mixing:
+            for key in ("mean", "median", "q95", "max", "fraction_above_30"):
+                if key in mixing["logit_spread"]:
+                    out[f"streams/logit_spread/{key}"] = mixing["logit_spread"][key]
+        depth = streams.get("depth", {})
+        for name in ("forward", "backward"):
+            if f"amax_{name}" in depth:
+                out[f"streams/amax_{name}"] = depth[f"amax_{name}"]
+                out[f"streams/amax_{name}_max"] = depth[f"amax_{name}_max"]
+        for axis in ("column", "row"):
+            if f"{axis}_sums_per_token" in depth:
+                d = depth[f"{axis}_sums_per_token"]
+                out[f"streams/product_{axis}_sums/max_abs_deviation"] = d["max_abs_deviation"]
         if "ablation" in streams:
             for j, inc in enumerate(streams["ablation"]["loss_increase"]):
                 out[f"streams/ablation/stream{j}"] = inc

@@ -3,7 +3,8 @@
 Inputs are what ``HizooForCausalLM.forward(..., output_diagnostics=True)`` returns per layer:
 ``streams`` [B, S, n, d] after the block, and per branch a connection ctx with ``read`` [B, S, n] or [n],
 ``write`` [B, S, n] or [n], ``mix`` [B, S, n, n] or [n, n] (mix[i, j] = weight of input stream i in output
-stream j) and, for mHC, ``mix_logits``. Token-dependent coefficients are averaged over tokens.
+stream j) and, for mHC, ``mix_logits``. The mixing metrics are per token (``analysis/mixing.py``); a few
+token-mean numbers are kept and named as such.
 """
 
 from __future__ import annotations
@@ -13,18 +14,31 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..models.stream_init import reduce_streams
+from .mixing import (AXIS_GAIN, SPREAD_THRESHOLD, amax_backward, amax_forward, column_sums, concentrations,
+                     depth_product, exact_axes, identity_distances, logit_spreads, per_token, row_sums,
+                     spread_summary, stream_distribution, suffix_products)
+
+
+def token_norm_shares(streams: Tensor, eps: float = 1e-12) -> Tensor:
+    """streams [..., n, d] -> each token's norm shares ‖H_j‖ / Σ_k ‖H_k‖ [N, n] (rows sum to 1)."""
+    norms = streams.float().norm(dim=-1).reshape(-1, streams.shape[-2])  # [N, n]
+    return norms / norms.sum(dim=-1, keepdim=True).clamp_min(eps)
 
 
 def norm_shares(streams: Tensor, eps: float = 1e-12) -> Tensor:
     """streams [..., n, d] -> per-stream norm share [n]: mean over tokens of ‖H_j‖ / Σ_k ‖H_k‖ (sums to 1)."""
-    norms = streams.float().norm(dim=-1)  # [..., n]
-    shares = norms / norms.sum(dim=-1, keepdim=True).clamp_min(eps)
-    return shares.reshape(-1, streams.shape[-2]).mean(dim=0)
+    return token_norm_shares(streams, eps).mean(dim=0)
 
 
 def dominant_share(shares: Tensor) -> float:
     """shares [n] -> the largest share (1/n when even, 1 when one stream carries all the norm)."""
     return float(shares.max())
+
+
+def dominant_share_per_token(streams: Tensor, eps: float = 1e-12) -> float:
+    """streams [..., n, d] -> mean over tokens of each token's largest norm share (≥ the largest token-mean
+    share; higher when different tokens are dominated by different streams)."""
+    return float(token_norm_shares(streams, eps).amax(dim=-1).double().mean())
 
 
 def effective_streams(shares: Tensor) -> float:
@@ -71,91 +85,157 @@ def off_diagonal_mass(mix: Tensor) -> float:
     return float((a.sum() - a.diagonal().sum()) / a.sum().clamp_min(1e-300))
 
 
-def logit_spread(mix_logits: Tensor, trailing: int = 2) -> float:
-    """mix_logits [B, S, *t] or [*t] with ``trailing`` = len(t) (2 for mHC's [n, n] pre-Sinkhorn logits, 1 for
-    mHC-lite's [n!] permutation logits) -> mean over tokens of (max − min) of the logits."""
-    x = mix_logits.detach().float()
-    flat = x.reshape(-1, x[(0,) * (x.dim() - trailing)].numel())  # [N, prod(t)]
-    return float((flat.max(dim=-1).values - flat.min(dim=-1).values).mean())
+def infer_residual(diagnostics) -> str:
+    """The connection kind from the ctx keys: "mhc" (mix_logits shaped like mix), "mhc_lite" (n! permutation
+    logits), "hc" (a mix without logits) or "none"."""
+    for layer in diagnostics:
+        for branch in ("attn", "ffn"):
+            ctx = layer.get(branch) or {}
+            if "mix" in ctx:
+                if "mix_logits" not in ctx:
+                    return "hc"
+                return "mhc" if ctx["mix_logits"].shape == ctx["mix"].shape else "mhc_lite"
+    return "none"
 
 
-def amax_gain(product: Tensor) -> float:
-    """product [n, n] (of mixings over depth) -> max(max_i Σ_j |P_ij|, max_j Σ_i |P_ij|) (mHC's Amax gain
-    magnitude; 1 for a doubly stochastic product, growing when mixing amplifies the residual)."""
-    a = product.abs().double()
-    return float(torch.maximum(a.sum(dim=0).max(), a.sum(dim=1).max()))
+def _weights_metrics(out: dict, name: str, weights: Tensor) -> None:
+    w = per_token(weights, 1)  # [N, n]
+    out[name] = w.mean(dim=0).tolist()
+    out[f"{name}_concentration"] = weight_concentration(w.mean(dim=0))  # of the token-mean weights
+    out[f"{name}_concentration_per_token"] = float(concentrations(w).mean())  # token mean of each token's
 
 
-def branch_metrics(ctx: dict) -> dict:
-    """Metrics of one branch's connection ctx (missing keys are skipped; {} for a plain residual)."""
-    out: dict = {}
-    if "read" in ctx:
-        read = token_mean(ctx["read"], 1)
-        out["read"] = read.tolist()
-        out["read_concentration"] = weight_concentration(read)
-    if "write" in ctx:
-        write = token_mean(ctx["write"], 1)
-        out["write"] = write.tolist()
-        out["write_concentration"] = weight_concentration(write)
-    if "mix" in ctx:
-        mix = token_mean(ctx["mix"], 2)  # [n, n]
-        out["mix"] = mix.tolist()
-        out["mix_identity_distance"] = identity_distance(mix)
-        out["mix_off_diagonal_mass"] = off_diagonal_mass(mix)
-        out["mix_column_sums"] = mix.sum(dim=0).tolist()
-    if "mix_logits" in ctx:
-        same = "mix" in ctx and ctx["mix_logits"].shape == ctx["mix"].shape
-        out["mix_logit_spread"] = logit_spread(ctx["mix_logits"], 2 if same else 1)
-    return out
+def branch_metrics(ctx: dict, exact: frozenset[str] = frozenset(), sinkhorn: bool | None = None) -> dict:
+    """Metrics of one branch's connection ctx (missing keys are skipped; {} for a plain residual).
 
+    ``exact``: axes ("row", "column") whose sums are 1 by construction (``mixing.exact_axes``): their sums and
+    Amax gain are left out. ``sinkhorn``: the logits feed Sinkhorn (mHC), so the share of spreads above 30 is
+    reported; None infers it from the logits having the mix's shape (a ctx without a mix needs it to read
+    [.., n, n] logits).
 
-def depth_product(mixes: list[Tensor]) -> Tensor:
-    """Token-mean mixings [n, n] in forward order -> their composition over depth [n, n].
-
-    With row-vector streams (output j = Σ_i M[i, j] H_i) applying M_1 then M_2 gives M_1 @ M_2, so the product
-    is M_1 @ M_2 @ … @ M_L; entry [i, j] = weight of the first layer's input stream i in the last output j.
+    Token-mean keys (the coefficients averaged over tokens first): "read", "write", "mix" and their
+    "…_concentration", "mix_identity_distance", "mix_off_diagonal_mass". Per-token keys (each token's value,
+    then summarized): "…_concentration_per_token" and "mix_identity_distance_per_token" (token means; a token
+    mean of the coefficients can look even or like the identity while every token is concentrated or far
+    from it), "mix_column_sums_per_token" / "mix_row_sums_per_token" (``stream_distribution``), "mix_amax_forward"
+    / "mix_amax_backward" (token mean of the per-token gain, as the mHC paper plots it) with "…_max" (the worst
+    token), "mix_logit_spread" (token mean) with "…_max" and "mix_logit_spread_above_30".
     """
-    if not mixes:
-        raise ValueError("depth_product needs at least one mixing matrix")
-    out = mixes[0].double()
-    for m in mixes[1:]:
-        out = out @ m.double()
+    out: dict = {}
+    for name in ("read", "write"):
+        if name in ctx:
+            _weights_metrics(out, name, ctx[name])
+    if "mix" in ctx:
+        mix = per_token(ctx["mix"], 2)  # [N, n, n]
+        mean = mix.mean(dim=0)
+        out["mix"] = mean.tolist()
+        out["mix_identity_distance"] = identity_distance(mean)
+        out["mix_identity_distance_per_token"] = float(identity_distances(mix).mean())
+        out["mix_off_diagonal_mass"] = off_diagonal_mass(mean)
+        for axis, sums, gain in (("column", column_sums, amax_forward), ("row", row_sums, amax_backward)):
+            if axis in exact:
+                continue
+            out[f"mix_{axis}_sums_per_token"] = stream_distribution(sums(mix))
+            g = gain(mix)
+            out[f"mix_amax_{AXIS_GAIN[axis]}"] = float(g.mean())
+            out[f"mix_amax_{AXIS_GAIN[axis]}_max"] = float(g.max())
+    if "mix_logits" in ctx:
+        # mHC's [.., n, n] logits or mHC-lite's [.., n!]: told apart by the mix's shape, else by ``sinkhorn``
+        square = ctx["mix_logits"].shape == ctx["mix"].shape if "mix" in ctx else bool(sinkhorn)
+        spreads = logit_spreads(ctx["mix_logits"], 2 if square else 1)
+        out["mix_logit_spread"] = float(spreads.mean())
+        out["mix_logit_spread_max"] = float(spreads.max())
+        if sinkhorn if sinkhorn is not None else square:
+            out["mix_logit_spread_above_30"] = float((spreads > SPREAD_THRESHOLD).double().mean())
     return out
 
 
-def stream_metrics(diagnostics: tuple[dict, ...] | list[dict]) -> dict:
+def exact_by_construction(residual: str, exact: frozenset[str]) -> dict[str, str]:
+    """{metric family: why it is 1 for every token} for the exact axes of a connection kind; these metrics
+    ("<axis>_sums" per connection, pooled and of the product over depth; "amax_<forward|backward>") are left out
+    of the report. With non-negative entries an exact axis also fixes its Amax gain."""
+    out: dict[str, str] = {}
+    for axis in sorted(exact):
+        sums = "Σ_i M[i, j]" if axis == "column" else "Σ_j M[i, j]"
+        if residual == "mhc_lite":
+            why = "mHC-lite's mixing is a convex combination of permutation matrices"
+        elif residual == "mhc":
+            why = f"mHC's Sinkhorn normalizes {sums} last"
+        else:
+            why = "exact by construction"
+        why += f": {sums} = 1 per token, for every connection and every product over depth"
+        out[f"{axis}_sums"] = why
+        out[f"amax_{AXIS_GAIN[axis]}"] = why + " (entries ≥ 0, so the gain is 1)"
+    return out
+
+
+def stream_metrics(diagnostics: tuple[dict, ...] | list[dict], residual: str | None = None) -> dict:
     """Per-layer stream metrics from a model's ``diagnostics`` output.
 
-    Returns {"n_streams", "layers": [per layer {"norm_share", "dominant_share", "effective_streams",
-    "mean_cosine", "attn": branch metrics, "ffn": branch metrics}], "depth": product metrics or absent}.
+    ``residual``: the connection kind (config.residual); None infers it from the ctx keys. Returns
+    {"n_streams", "residual", "layers": [per layer {"norm_share", "dominant_share", "dominant_share_per_token",
+    "dominant_stream", "effective_streams", "mean_cosine", "attn": branch metrics, "ffn": branch metrics}],
+    "exact_by_construction": {metric family: reason} (absent for HC),
+    "mixing": per-token mixings of all connections pooled (the official analysis' box plots): "column_sums_per_token",
+    "row_sums_per_token" (``stream_distribution``), "logit_spread" (``spread_summary``; "fraction_above_30" for mHC),
+    "depth": the per-token composite of the mixings over depth: "connections", "product_mean" (token mean of the
+    per-token product), "column_sums_per_token", "row_sums_per_token", "amax_forward" / "amax_backward" (token
+    mean of the per-token gain of the full product, as in the mHC paper's Fig. 3 and 7) with "…_max" (the worst
+    token), "suffix_amax_forward" / "suffix_amax_backward" (per connection k, the token-mean gain of the composite
+    from k to the last connection: the mHC paper's curve over depth)}. Metrics that are 1 by construction for the
+    kind are left out and named in "exact_by_construction".
     """
-    layers, mixes = [], []
+    kind = residual or infer_residual(diagnostics)
+    exact = exact_axes(kind)
+    sinkhorn = kind == "mhc"
+    layers, mixes, spreads = [], [], []
     n = None
     for layer in diagnostics:
         streams = layer["streams"]  # [B, S, n, d]
         n = streams.shape[-2]
-        shares = norm_shares(streams)
+        per_token_shares = token_norm_shares(streams)  # [N, n]
+        shares = per_token_shares.mean(dim=0)
         entry = {
             "norm_share": shares.tolist(),
             "dominant_share": dominant_share(shares),
+            "dominant_share_per_token": float(per_token_shares.amax(dim=-1).double().mean()),
             "dominant_stream": int(shares.argmax()),
             "effective_streams": effective_streams(shares),
             "mean_cosine": mean_pairwise_cosine(streams),
         }
         for branch in ("attn", "ffn"):
             ctx = layer.get(branch) or {}
-            entry[branch] = branch_metrics(ctx)
+            entry[branch] = branch_metrics(ctx, exact, sinkhorn)
             if "mix" in ctx:
-                mixes.append(token_mean(ctx["mix"], 2))
+                mixes.append(per_token(ctx["mix"], 2))  # [N, n, n]
+                if "mix_logits" in ctx:
+                    spreads.append(logit_spreads(ctx["mix_logits"], 2 if sinkhorn else 1))
         layers.append(entry)
-    out: dict = {"n_streams": n, "layers": layers}
+    out: dict = {"n_streams": n, "residual": kind, "layers": layers}
+    if exact:
+        out["exact_by_construction"] = exact_by_construction(kind, exact)
     if mixes:
-        product = depth_product(mixes)
-        out["depth"] = {
-            "product": product.tolist(),
-            "product_column_sums": product.sum(dim=0).tolist(),
-            "amax_gain": amax_gain(product),
-        }
+        pooled = torch.cat(mixes)  # [C·N, n, n]
+        mixing: dict = {}
+        for axis, sums in (("column", column_sums), ("row", row_sums)):
+            if axis not in exact:
+                mixing[f"{axis}_sums_per_token"] = stream_distribution(sums(pooled))
+        if spreads:
+            mixing["logit_spread"] = spread_summary(torch.cat(spreads), SPREAD_THRESHOLD if sinkhorn else None)
+        out["mixing"] = mixing
+        suffix = suffix_products(mixes)  # [P_0 … P_{C-1}], each [N, n, n]
+        product = suffix[0]
+        depth: dict = {"connections": len(mixes), "product_mean": product.mean(dim=0).tolist()}
+        for axis, sums, gain in (("column", column_sums, amax_forward), ("row", row_sums, amax_backward)):
+            if axis in exact:
+                continue
+            name = AXIS_GAIN[axis]
+            depth[f"{axis}_sums_per_token"] = stream_distribution(sums(product))
+            g = gain(product)
+            depth[f"amax_{name}"] = float(g.mean())
+            depth[f"amax_{name}_max"] = float(g.max())
+            depth[f"suffix_amax_{name}"] = [float(gain(p).mean()) for p in suffix]
+        out["depth"] = depth
     return out
 
 
@@ -171,36 +251,45 @@ def lss_scales(model) -> dict | None:
             "mean_abs": s.abs().mean(dim=-1).tolist()}
 
 
+def reduce_without(streams: Tensor, norm, keep: Tensor, stream_reduce: str) -> Tensor:
+    """streams [B, S, n, d], keep [n] (1 = keep, 0 = ablate) -> hidden [B, S, d] as the model's output forms it:
+    "norm_sum" Σ_s keep_s · norm(H_s) (the final norm applied to each stream, the official hc-stream-collapse
+    model), "sum_norm" norm(Σ_s keep_s · H_s)."""
+    masked = streams * keep.to(streams.dtype).view(1, 1, -1, 1)  # norm(0) = 0: a zeroed stream adds nothing
+    return reduce_streams(masked, norm, stream_reduce)
+
+
 @torch.no_grad()
 def stream_ablation(model, streams: Tensor, input_ids: Tensor) -> dict:
-    """Loss increase when one stream is zeroed at the reduction.
+    """Loss increase when stream j's contribution to the output is zeroed.
 
-    streams [B, S, n, d]: the last layer's output streams; input_ids [B, S] give the next-token targets.
-    The model reduces them with ``reduce_streams`` (its ``stream_reduce``: Σ_s norm(H_s) by default) before
-    ``model.lm_head``; here stream j is zeroed before that reduction, which under ``norm_sum`` removes its
-    normalized contribution (norm(0) = 0). Returns {"base_loss", "loss_increase": [n]} (CE in nats, no aux
-    losses).
+    streams [B, S, n, d]: the last layer's output streams; input_ids [B, S] give the next-token targets. The
+    hidden state follows ``model.config.stream_reduce`` (``reduce_without``; a config without the field is
+    "sum_norm", the earlier hizoo model), then ``model.lm_head``. Returns {"stream_reduce", "base_loss",
+    "loss_increase": [n]} (CE in nats, no aux losses).
     """
     n = streams.shape[-2]
+    stream_reduce = getattr(model.config, "stream_reduce", "sum_norm")
     targets = input_ids[:, 1:].flatten()
-    how = getattr(model.config, "stream_reduce", "sum_norm")
 
-    def loss_of(mask: Tensor) -> float:
-        masked = streams * mask.view(1, 1, n, 1).to(streams.dtype)  # [B, S, n, d]
-        logits = model.lm_head(reduce_streams(masked, model.model.norm, how))[:, :-1]  # [B, S-1, V]
+    def loss_of(keep: Tensor) -> float:
+        hidden = reduce_without(streams, model.model.norm, keep, stream_reduce)  # [B, S, d]
+        logits = model.lm_head(hidden)[:, :-1]  # [B, S-1, V]
         return float(F.cross_entropy(logits.flatten(0, 1).float(), targets))
 
     base = loss_of(torch.ones(n, device=streams.device))
     increases = []
     for j in range(n):
-        mask = torch.ones(n, device=streams.device)
-        mask[j] = 0
-        increases.append(loss_of(mask) - base)
-    return {"base_loss": base, "loss_increase": increases}
+        keep = torch.ones(n, device=streams.device)
+        keep[j] = 0
+        increases.append(loss_of(keep) - base)
+    return {"stream_reduce": stream_reduce, "base_loss": base, "loss_increase": increases}
 
 
 __all__ = [
-    "norm_shares", "dominant_share", "effective_streams", "mean_pairwise_cosine", "weight_concentration",
-    "identity_distance", "off_diagonal_mass", "logit_spread", "amax_gain", "branch_metrics", "depth_product",
-    "stream_metrics", "lss_scales", "stream_ablation", "token_mean",
+    "norm_shares", "token_norm_shares", "dominant_share", "dominant_share_per_token", "effective_streams",
+    "mean_pairwise_cosine",
+    "weight_concentration", "identity_distance", "off_diagonal_mass", "infer_residual", "branch_metrics",
+    "exact_by_construction", "depth_product", "stream_metrics", "lss_scales", "reduce_without", "stream_ablation",
+    "token_mean",
 ]

@@ -3,8 +3,9 @@ converted into hizoo (``HizooForCausalLM.from_olmoe``), same input, same run.
 
     python bench/olmoe_model.py --layers 4 --hidden 512 --experts 32 --top-k 4 --expert-width 256 --batch 4 --seq 512
 
-Both models compute CE + router load-balancing loss (OLMoE's ``output_router_logits=True``; hizoo's routers
-also add the z-loss, a negligible cost) and run forward + backward in fp32 on CPU. OLMoE runs with its
+Both models compute CE + router load-balancing loss (OLMoE's ``output_router_logits=True``; the converted
+model, like transformers' OLMoE, has no z-loss; the README's timings were taken when it still added one, a
+negligible cost) and run forward + backward in fp32 on CPU. OLMoE runs with its
 ``grouped_mm`` experts implementation and with ``eager``; hizoo with ``grouped_mm``. Before timing, the
 script checks that both models give the same logits. Time: median of ``--repeats`` steps, variants
 interleaved round-robin so a noisy machine slows them alike; peak RSS is not separated per variant, so

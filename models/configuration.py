@@ -7,10 +7,16 @@ and what is allowed.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import functools
+import inspect
 import math
+import numbers
+import types
+import typing
 
-from transformers import PreTrainedConfig
+from transformers import GenerationConfig, PreTrainedConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 FFN_KINDS = ("dense", "moe")
@@ -20,9 +26,36 @@ RESIDUALS = ("none", "hc", "mhc", "mhc_lite")
 STREAM_INITS = ("copy", "lss", "rotate", "split", "perturb", "balanced_rotate")
 STREAM_REDUCES = ("norm_sum", "sum_norm")
 STREAM_STARTS = ("random", "cyclic")
-HIMOE_REG_SOURCES = ("raw", "corrected")
+HIMOE_REG_SOURCES = ("raw", "selection", "corrected")
 HIMOE_REG_FORMS = ("square", "entropy")
 HIMOE_GROUP_MASS = ("dense", "sparse")
+CAPACITY_RULES = ("reference", "ceil")  # routing/base.py expert_capacity
+CAPACITY_PRIORITIES = ("slot", "token")  # routing/base.py apply_capacity
+INIT_SCHEMES = ("normal", "switch")  # models/modeling.py HizooPreTrainedModel._init_weights
+
+# Fields whose value is one of a fixed set of names. Validation checks them; the typed LightningCLI config
+# (models/config_fields.py) shows them as Literal choices, so a typo fails at parse time. Register a new choice
+# field here to get both.
+FIELD_CHOICES: dict[str, tuple[str, ...]] = {
+    "hidden_act": ("silu",),
+    "ffn": FFN_KINDS,
+    "router": ROUTERS,
+    "experts_backend": EXPERTS_BACKENDS,
+    "himoe_reg_source": HIMOE_REG_SOURCES,
+    "himoe_reg_form": HIMOE_REG_FORMS,
+    "himoe_group_mass": HIMOE_GROUP_MASS,
+    "residual": RESIDUALS,
+    "stream_init": STREAM_INITS,
+    "stream_reduce": STREAM_REDUCES,
+    "stream_start": STREAM_STARTS,
+    "capacity_rule": CAPACITY_RULES,
+    "capacity_priority": CAPACITY_PRIORITIES,
+    "init_scheme": INIT_SCHEMES,
+}
+
+# Float fields for which +inf is a meaningful value (every other float field must be finite; NaN never is).
+INFINITE_ALLOWED = frozenset({"himoe_max_lambda_ratio"})
+
 # RoPE kinds: hizoo's plain RoPE ("default") and the scaled ones computed by transformers' ROPE_INIT_FUNCTIONS
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3", "longrope")
 
@@ -89,6 +122,10 @@ class HizooConfig(PreTrainedConfig):
     attention_bias: bool = False
     attention_dropout: float = 0.0
     initializer_range: float = 0.02
+    # normal: N(0, initializer_range²) everywhere | switch: the Hi-MoE reference's use_switch_tfm_init (truncated
+    # normal, std √(switch_init_scale / fan_in), at ±2 std; see HizooPreTrainedModel._init_weights)
+    init_scheme: str = "normal"
+    switch_init_scale: float = 0.1
     tie_word_embeddings: bool = False
     use_cache: bool = True
     pad_token_id: int | None = None
@@ -110,11 +147,15 @@ class HizooConfig(PreTrainedConfig):
     routed_scaling_factor: float = 1.0
     router_aux_loss_coef: float = 0.01
     router_z_loss_coef: float = 0.001
-    router_init_std: float | None = None  # None: initializer_range
+    router_init_std: float | None = None  # a std (not a Switch scale); None: the init_scheme's rule for the router
     router_global_balance: bool = False  # load-balance statistics over the global batch
     router_bias_update_rate: float = 1e-3  # loss-free balancing step γ (group_limited)
     seq_aux_loss_coef: float = 0.0  # DeepSeek-V3 sequence-wise balance loss α (group_limited)
-    capacity_factor: float | None = None  # None: dropless
+    capacity_factor: float | None = None  # training forwards; None: dropless
+    eval_capacity_factor: float | None = None  # eval forwards; None: the same as capacity_factor
+    capacity_rule: str = "reference"  # reference: floor(K·cf·T/E) rounded up to even, >= min_capacity | ceil
+    min_capacity: int = 4  # the reference rule's lower bound on an expert's capacity
+    capacity_priority: str = "slot"  # slot: all first choices before second choices (reference) | token
     experts_backend: str = "auto"
     output_router_logits: bool = False
 
@@ -129,13 +170,13 @@ class HizooConfig(PreTrainedConfig):
     himoe_group_mass: str = "dense"
     himoe_intra_warmup_steps: int = 0
     # Guard: λ1 > λ2 makes the square regularizer prefer one expert per token (routing/himoe.py); above this
-    # ratio λ1/λ2 the config is rejected (the reference uses 2). Set float("inf") to study the regime.
+    # ratio λ1/λ2 the config is rejected (the reference uses 2). Set float("inf") (YAML: .inf) to study the regime.
     himoe_max_lambda_ratio: float = 10.0
 
     # --- residual streams (hyper-connections; models/hyper_connections.py) ---
     residual: str = "none"  # none | hc (Zhu et al. 2024) | mhc (DeepSeek 2025) | mhc_lite (permutation mixture)
     n_streams: int = 1
-    hc_dynamic: bool = False  # hc only: add the token-dependent terms s ⊙ tanh(norm(H) W); mhc is always dynamic
+    hc_dynamic: bool = True  # hc only: the token-dependent terms s ⊙ tanh(norm(H) W) (Eqs. 10-13; the official stream-collapse HC is always dynamic); False: static HC. mhc is always dynamic
     stream_init: str = "copy"  # copy | lss | rotate | split | perturb | balanced_rotate (models/stream_init.py)
     stream_init_angle: float = 0.2  # θ of stream_init="balanced_rotate", radians in (0, π/2)
     # output: Σ_s norm(H_s) (norm_sum, the official stream-collapse model) | norm(Σ_s H_s) (sum_norm); n = 1: norm(H)
@@ -149,6 +190,10 @@ class HizooConfig(PreTrainedConfig):
     hc_recompute: bool = False  # recompute each connection's coefficients and mixing in backward
 
     def __post_init__(self, **kwargs):
+        # kwargs are the keys that are not fields: transformers' own (architectures, dtype, auto_map, ...)
+        # pass through to PreTrainedConfig; anything else is a misspelled or removed field.
+        _reject_unknown_keys(type(self), kwargs)
+        _check_field_types(self)
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None and self.num_attention_heads > 0:
@@ -163,6 +208,9 @@ class HizooConfig(PreTrainedConfig):
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field. Called at construction; call again after edits."""
+        _check_field_types(self)
+        for name, allowed in FIELD_CHOICES.items():
+            _check_choice(self, name, allowed)
         self._validate_transformer()
         self._validate_moe()
         self._validate_residual()
@@ -183,16 +231,17 @@ class HizooConfig(PreTrainedConfig):
         _check_positive_int(self, "head_dim")
         if self.head_dim % 2 != 0:
             raise ValueError(f"head_dim={self.head_dim} must be even (RoPE rotates pairs of channels)")
-        _check_choice(self, "hidden_act", ("silu",))
         _check_positive(self, "rope_theta")
         self._validate_rope()
         _check_positive(self, "rms_norm_eps")
         _check_positive(self, "initializer_range")
+        _check_positive(self, "switch_init_scale")
         if not 0.0 <= self.attention_dropout < 1.0:
             raise ValueError(f"attention_dropout={self.attention_dropout} must be in [0, 1)")
-        for name in ("pad_token_id", "bos_token_id"):
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
             value = getattr(self, name)
-            if value is not None and not 0 <= value < self.vocab_size:
+            ids = value if isinstance(value, list) else [value]
+            if any(i is not None and not 0 <= i < self.vocab_size for i in ids):
                 raise ValueError(f"{name}={value} must be None or in [0, vocab_size={self.vocab_size})")
 
     def _validate_rope(self) -> None:
@@ -220,9 +269,6 @@ class HizooConfig(PreTrainedConfig):
             raise ValueError(f"rope_parameters={rope}: {err.args[0]}") from err
 
     def _validate_moe(self) -> None:
-        _check_choice(self, "ffn", FFN_KINDS)
-        _check_choice(self, "router", ROUTERS)
-        _check_choice(self, "experts_backend", EXPERTS_BACKENDS)
         for name in ("moe_intermediate_size", "num_experts", "num_experts_per_tok", "n_groups", "topk_groups"):
             _check_positive_int(self, name)
         for name in ("num_dense_layers", "num_shared_experts", "himoe_intra_warmup_steps"):
@@ -236,15 +282,13 @@ class HizooConfig(PreTrainedConfig):
             _check_positive(self, "router_init_std")
         if not 0.0 <= self.himoe_ema_beta < 1.0:
             raise ValueError(f"himoe_ema_beta={self.himoe_ema_beta} must be in [0, 1)")
-        _check_choice(self, "himoe_reg_source", HIMOE_REG_SOURCES)
-        _check_choice(self, "himoe_reg_form", HIMOE_REG_FORMS)
-        _check_choice(self, "himoe_group_mass", HIMOE_GROUP_MASS)
-        if not isinstance(self.router_global_balance, bool):
-            raise ValueError(f"router_global_balance={self.router_global_balance!r} must be True or False")
         if self.router_global_balance and self.router != "topk":
             raise ValueError(f"router_global_balance=True is implemented for router='topk' only; got router={self.router!r}")
-        if self.capacity_factor is not None and self.capacity_factor <= 0:
-            raise ValueError(f"capacity_factor={self.capacity_factor} must be None (dropless) or > 0")
+        for name, none_means in (("capacity_factor", "dropless"), ("eval_capacity_factor", "use capacity_factor")):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name}={value!r} must be None ({none_means}) or a number > 0")
+        _check_nonnegative_int(self, "min_capacity")
         if self.ffn == "dense":
             return
         if self.num_dense_layers > self.num_hidden_layers:
@@ -309,10 +353,6 @@ class HizooConfig(PreTrainedConfig):
             raise ValueError(f"mlp_only_layers={list(layers)} repeats a layer index")
 
     def _validate_residual(self) -> None:
-        _check_choice(self, "residual", RESIDUALS)
-        _check_choice(self, "stream_init", STREAM_INITS)
-        _check_choice(self, "stream_reduce", STREAM_REDUCES)
-        _check_choice(self, "stream_start", STREAM_STARTS)
         _check_nonnegative_int(self, "stream_start_seed")
         angle = self.stream_init_angle
         if isinstance(angle, bool) or not isinstance(angle, (int, float)) or not 0.0 < angle < math.pi / 2:
@@ -321,9 +361,6 @@ class HizooConfig(PreTrainedConfig):
         _check_positive_int(self, "n_streams")
         _check_positive_int(self, "mhc_sinkhorn_iters")
         _check_positive(self, "mhc_alpha_init")
-        for name in ("hc_dynamic", "hc_recompute"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name}={getattr(self, name)!r} must be True or False")
         if self.stream_init == "rotate" and self.hidden_size < 2:
             raise ValueError(f"stream_init='rotate' rotates channel pairs; hidden_size={self.hidden_size} must be >= 2")
         if self.stream_init == "balanced_rotate" and self.hidden_size % 2:
@@ -354,6 +391,127 @@ class HizooConfig(PreTrainedConfig):
         return self.num_experts // self.n_groups
 
 
+# ---------------------------------------------------------------------- field names and types
+# Keys every transformers config may carry besides its fields: written by save_pretrained or older transformers
+# versions (4.x wrote torchscript, pruned_heads, use_bfloat16, ... into every config.json), or read by
+# PreTrainedConfig.__post_init__/from_dict. Keys starting with "_" are transformers' internals and pass too.
+_TRANSFORMERS_KEYS_4X = frozenset({
+    "model_type", "transformers_version", "architectures", "auto_map", "name_or_path", "torch_dtype", "num_labels",
+    "attn_implementation", "experts_implementation", "quantization_config", "custom_pipelines",
+    "torchscript", "pruned_heads", "tie_encoder_decoder", "is_decoder", "add_cross_attention",
+    "cross_attention_hidden_size", "finetuning_task", "task_specific_params", "tokenizer_class", "prefix",
+    "sep_token_id", "decoder_start_token_id", "tf_legacy_loss", "use_bfloat16", "output_scores",
+    "return_dict_in_generate",
+})
+# transformers features hizoo's model does not implement: accepting them would silently ignore them
+_UNSUPPORTED_TRANSFORMERS_KEYS = frozenset({"per_layer_config"})
+
+
+@functools.cache
+def transformers_config_keys() -> frozenset[str]:
+    """Keys that transformers itself writes into or reads from a config besides a model's own fields."""
+    keys = {f.name for f in dataclasses.fields(PreTrainedConfig)}
+    keys |= {name for name, member in inspect.getmembers(PreTrainedConfig) if isinstance(member, property)}
+    keys |= set(PreTrainedConfig().to_dict())
+    keys |= set(GenerationConfig().to_dict())  # generation keys of older config.json files (popped on load)
+    return frozenset((keys | _TRANSFORMERS_KEYS_4X) - _UNSUPPORTED_TRANSFORMERS_KEYS)
+
+
+def config_field_types(cls: type | None = None) -> dict[str, object]:
+    """name -> type of the fields a hizoo config class declares itself (not PreTrainedConfig's), in order."""
+    cls = cls or HizooConfig
+    types_: dict[str, object] = {}
+    for klass in reversed(cls.__mro__[: cls.__mro__.index(PreTrainedConfig)]):
+        types_.update(inspect.get_annotations(klass, eval_str=True))
+    return types_
+
+
+def closest_name(name: str, names: typing.Iterable[str]) -> str | None:
+    """The name in ``names`` closest to ``name`` (difflib), or None when none is close."""
+    close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def unknown_field_message(owner: str, name: str, fields: typing.Iterable[str]) -> str:
+    """"<owner> has no field 'routr' (did you mean 'router'?)"."""
+    if name in _UNSUPPORTED_TRANSFORMERS_KEYS:
+        return f"{owner} has no field {name!r}: hizoo's model does not implement this transformers option"
+    close = closest_name(name, fields)
+    return f"{owner} has no field {name!r}" + (f" (did you mean {close!r}?)" if close else "")
+
+
+def _reject_unknown_keys(cls: type, kwargs: dict) -> None:
+    allowed = transformers_config_keys()
+    unknown = [k for k in kwargs if not k.startswith("_") and k not in allowed]
+    if unknown:
+        fields = list(config_field_types(cls))
+        messages = [unknown_field_message(cls.__name__, k, fields) for k in unknown]
+        raise ValueError("; ".join(messages) + f". {cls.__name__}'s fields are listed by `python train.py fit --help`.")
+
+
+def describe_type(hint) -> str:
+    """What a value of type ``hint`` is, in words (for error messages)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(describe_type(arg) for arg in typing.get_args(hint))
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(hint)))
+    if typing.get_origin(hint) is list:
+        item = typing.get_args(hint)[0]
+        return "a list of " + {int: "integers", float: "numbers", str: "strings"}.get(item, describe_type(item))
+    return {type(None): "None", bool: "True or False", int: "an integer", float: "a finite number",
+            str: "a string"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _coerce(value, hint):
+    """``value`` as type ``hint`` when it is one (numpy/torch integer scalars become int), else ``_MISMATCH``."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(hint):
+            coerced = _coerce(value, arg)
+            if coerced is not _MISMATCH:
+                return coerced
+        return _MISMATCH
+    if origin is typing.Literal:
+        return value if value in typing.get_args(hint) else _MISMATCH
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            return _MISMATCH
+        items = [_coerce(v, typing.get_args(hint)[0]) for v in value]
+        return _MISMATCH if any(i is _MISMATCH for i in items) else items
+    if hint is type(None):
+        return None if value is None else _MISMATCH
+    if hint is bool:
+        return value if isinstance(value, bool) else _MISMATCH
+    if isinstance(value, bool):  # True is an int to Python, never a count or a coefficient here
+        return _MISMATCH
+    if hint is int:
+        return int(value) if isinstance(value, numbers.Integral) else _MISMATCH
+    if hint is float:
+        return value if isinstance(value, (int, float)) else float(value) if isinstance(value, numbers.Real) else _MISMATCH
+    if hint is str:
+        return value if isinstance(value, str) else _MISMATCH
+    return value  # a type this check does not know is left to the field's own validation
+
+
+_MISMATCH = object()
+
+
+def _check_field_types(config) -> None:
+    """Each field's value has its annotated type (bool is not an int, text is not a number or a bool) and every
+    float is finite (except the fields in INFINITE_ALLOWED, which may be +inf); NaN is never allowed."""
+    for name, hint in config_field_types(type(config)).items():
+        value = getattr(config, name)
+        coerced = _coerce(value, hint)
+        if coerced is _MISMATCH:
+            raise ValueError(f"{name}={value!r} ({type(value).__name__}) must be {describe_type(hint)}")
+        if isinstance(coerced, float) and not math.isfinite(coerced):
+            if math.isnan(coerced) or coerced < 0 or name not in INFINITE_ALLOWED:
+                extra = " or +inf" if name in INFINITE_ALLOWED else ""
+                raise ValueError(f"{name}={value!r} must be a finite number{extra}")
+        if coerced is not value:
+            setattr(config, name, coerced)
+
+
 def resolve_field_aliases(kwargs: dict) -> dict:
     """``kwargs`` with the names of ``FIELD_ALIASES`` replaced by hizoo's; both spellings with different values, or
     ``rope_theta`` and ``rope_parameters["rope_theta"]`` with different values, raise ``ValueError``."""
@@ -367,10 +525,15 @@ def resolve_field_aliases(kwargs: dict) -> dict:
                              f"hizoo's {field}); give one of them, or equal values")
         kwargs[field] = value
     rope = kwargs.get("rope_parameters") or kwargs.get("rope_scaling")
-    if isinstance(rope, dict) and "rope_theta" in rope and "rope_theta" in kwargs and rope["rope_theta"] != kwargs["rope_theta"]:
-        raise ValueError(f"rope_theta={kwargs['rope_theta']!r} and rope_parameters['rope_theta']={rope['rope_theta']!r} "
-                         f"name the same setting; give one of them, or equal values")
+    theta = kwargs.get("rope_theta", _DEFAULT_ROPE_THETA)
+    # rope_theta at its default counts as not given (the typed LightningCLI config passes every field)
+    if isinstance(rope, dict) and "rope_theta" in rope and theta != _DEFAULT_ROPE_THETA and rope["rope_theta"] != theta:
+        raise ValueError(f"rope_theta={theta!r} and rope_parameters['rope_theta']={rope['rope_theta']!r} name the same "
+                         f"setting; give one of them, or equal values")
     return kwargs
+
+
+_DEFAULT_ROPE_THETA = HizooConfig.rope_theta
 
 
 def _accepting_aliases(init):

@@ -16,7 +16,9 @@ import torch
 from torch import Tensor
 
 from .configuration import HizooConfig
+from .export import export_pretrained
 from .files import atomic_directory, read_json
+from .model_card import ModelCardInfo
 
 # OLMoE parameter name (regex) -> hizoo parameter name
 _RENAMES = [
@@ -61,7 +63,10 @@ def config_from_olmoe(olmoe_config, **overrides) -> HizooConfig:
         num_experts_per_tok=olmoe_config.num_experts_per_tok,
         norm_topk_prob=olmoe_config.norm_topk_prob,
         router_aux_loss_coef=olmoe_config.router_aux_loss_coef,
-        router_z_loss_coef=0.001,  # OLMoE trained with z-loss 0.001 (paper, Table 11)
+        # transformers' OlmoeForCausalLM computes no z-loss, so neither does the converted model: its loss and
+        # load-balancing value equal transformers'. OLMoE itself trained with z-loss 0.001 (paper, Table 11):
+        # pass router_z_loss_coef=0.001 to continue training that way.
+        router_z_loss_coef=0.0,
     )
     kwargs.update(overrides)
     return HizooConfig(**kwargs)
@@ -136,8 +141,9 @@ def check_conversion_paths(src: Path, dst: Path, overwrite: bool = False) -> Non
 
 @torch.no_grad()
 def convert_olmoe_checkpoint(src: str | Path, dst: str | Path, overwrite: bool = False) -> int:
-    """Load an OLMoE checkpoint directory with transformers and save it as a hizoo HF directory (+ its tokenizer);
-    returns the number of weights written.
+    """Load an OLMoE checkpoint directory with transformers and save it as a self-contained hizoo HF directory (+ its
+    tokenizer; ``models/export.py``: code, ``auto_map``, special tokens, model card); returns the number of weights
+    written.
 
     Paths are checked first (``check_conversion_paths``); the OLMoE load must find every weight (no random
     initialization), every hizoo weight must come from an OLMoE tensor, and the written files are read back and
@@ -156,10 +162,11 @@ def convert_olmoe_checkpoint(src: str | Path, dst: str | Path, overwrite: bool =
     model = from_olmoe(olmoe)
     has_tokenizer = any((src / name).is_file() for name in _TOKENIZER_FILES)
     tokenizer = AutoTokenizer.from_pretrained(src) if has_tokenizer else None  # a broken tokenizer raises
+    card = ModelCardInfo(path=str(dst), source=f"converted from the OLMoE checkpoint `{src}` (arXiv 2409.02060) by "
+                         "`python -m hizoo.models.convert_olmoe`; every weight copied from an OLMoE tensor and verified")
     with atomic_directory(dst) as tmp:
-        model.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+        # the OLMoE config's special tokens, agreeing with its tokenizer's; left padding, the context length
+        export_pretrained(model, tmp, tokenizer, card)
         written = _verify_saved(model, tmp)
     return written
 

@@ -1,6 +1,7 @@
 """Command line: ``python -m hizoo.models.convert_olmoe SRC DST [--overwrite]`` converts an OLMoE checkpoint
 directory (``OlmoeForCausalLM.save_pretrained`` layout) into a hizoo directory loadable with
-``AutoModelForCausalLM.from_pretrained`` after ``import hizoo``.
+``AutoModelForCausalLM.from_pretrained`` after ``import hizoo``, or with ``trust_remote_code=True`` without hizoo
+(the directory carries its modeling code, ``auto_map``, the OLMoE config's special tokens and a model card).
 
 SRC must be an OLMoE checkpoint (config.json with model_type "olmoe") whose files hold every weight; DST must not
 be, contain or lie inside SRC, must not be a file, and must be empty or absent unless --overwrite is given (which

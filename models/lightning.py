@@ -9,7 +9,9 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from .config_fields import HizooConfigFields, model_config_dict
 from .configuration import HizooConfig
+from .expert_parallel import ExpertParallel, expert_parallel_for_lightning
 from .files import load_torch_file
 from .modeling import HizooForCausalLM
 from .moe import update_router_states
@@ -17,26 +19,71 @@ from .weight_decay import WEIGHT_DECAY_RULES, parameter_groups
 
 
 class HizooLightningModule(L.LightningModule):
-    """``model_config``: HizooConfig fields (``vocab_size`` is taken from the data module's tokenizer when one is
-    attached). ``weight_decay_rule`` says which parameters AdamW decays (models/weight_decay.py): "reference"
-    (default) every parameter whose counterpart in the official codes is ≥ 2-D, their nanoGPT rule (weight
-    matrices, embeddings, HC/mHC static logits and projections, LSS scales, Hi-MoE expert scales), "matrices"
-    only ≥ 2-D parameters outside the residual-stream connections and the stream expansion."""
+    """HizooForCausalLM trained with cross-entropy plus the routers' aux losses, AdamW and warm-up + cosine.
 
-    def __init__(self, model_config: dict[str, int | float | bool | str | None] | None = None, lr: float = 1e-3, weight_decay: float = 0.1,
-                 betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 20, min_lr_ratio: float = 0.1,
-                 peak_tflops: float | None = None, weight_decay_rule: str = "reference"):
+    ``weight_decay_rule`` says which parameters AdamW decays (models/weight_decay.py): "reference" (default) every
+    parameter whose counterpart in the official codes is ≥ 2-D, their nanoGPT rule (weight matrices, embeddings,
+    HC/mHC static logits and projections, LSS scales, Hi-MoE expert scales); "matrices" only ≥ 2-D parameters
+    outside the residual-stream connections and the stream expansion. The hyperparameters store the complete
+    HizooConfig field dict, so a checkpoint rebuilds the same model even if a default changes later.
+
+    Args:
+        model_config: HizooConfig's fields: a HizooConfigFields (LightningCLI builds it from
+            ``model: {model_config: {FIELD: value}}``) or a dict of some fields, the others taking HizooConfig's
+            defaults. vocab_size is replaced by the tokenizer's size when a data module is attached.
+        lr: peak learning rate (> 0).
+        weight_decay: AdamW weight decay of the decayed matrices (>= 0).
+        betas: AdamW (beta1, beta2), each in [0, 1).
+        warmup_steps: optimizer steps of linear warm-up (>= 0).
+        min_lr_ratio: the cosine ends at min_lr_ratio x lr (in [0, 1]).
+        peak_tflops: the accelerator's peak TFLOP/s per device; when set, model FLOPs utilization is logged.
+        weight_decay_rule: "reference" | "matrices" (see above).
+        expert_parallel_size: N > 1 shards every MoE layer's routed experts over N of the data-parallel processes
+            (models/expert_parallel.py; Lightning's DDP strategies). A property of the run, not of the model:
+            checkpoints and exports hold every expert and load at any N.
+    """
+
+    def __init__(
+        self,
+        model_config: HizooConfigFields = HizooConfigFields(),
+        lr: float = 1e-3,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 20,
+        min_lr_ratio: float = 0.1,
+        peak_tflops: float | None = None,
+        weight_decay_rule: str = "reference",
+        expert_parallel_size: int = 1,
+    ):
         super().__init__()
+        model_config = model_config_dict(model_config)  # validated; a plain dict in the hyperparameters
+        _check_number("lr", lr, low=0.0, low_open=True)
+        _check_number("weight_decay", weight_decay, low=0.0)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"betas={betas!r} must be a pair (beta1, beta2), each in [0, 1)")
+        for i, beta in enumerate(betas):
+            _check_number(f"betas[{i}]", beta, low=0.0, high=1.0, high_open=True)
+        betas = tuple(float(b) for b in betas)
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+            raise ValueError(f"warmup_steps={warmup_steps!r} must be an integer >= 0 (optimizer steps)")
+        _check_number("min_lr_ratio", min_lr_ratio, low=0.0, high=1.0)
+        if peak_tflops is not None:
+            _check_number("peak_tflops", peak_tflops, low=0.0, low_open=True)
         if weight_decay_rule not in WEIGHT_DECAY_RULES:
             raise ValueError(f"weight_decay_rule={weight_decay_rule!r} is not allowed; choose one of "
                              f"{', '.join(map(repr, WEIGHT_DECAY_RULES))}")
+        if isinstance(expert_parallel_size, bool) or not isinstance(expert_parallel_size, int) \
+                or expert_parallel_size < 1:
+            raise ValueError(f"expert_parallel_size={expert_parallel_size!r} must be an integer >= 1")
         self.save_hyperparameters()
-        self.model_config = dict(model_config or {})
+        self.model_config = model_config
         self.model: HizooForCausalLM | None = None
+        self.expert_parallel: ExpertParallel | None = None
         self._step_start = None
 
     def configure_model(self) -> None:
         if self.model is not None:
+            self._shard_experts()
             return
         fields = dict(self.model_config)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -44,6 +91,13 @@ class HizooLightningModule(L.LightningModule):
             fields["vocab_size"] = len(datamodule.tokenizer)
         self.model = HizooForCausalLM(HizooConfig(**fields))
         self.flops_per_token = training_flops_per_token(self.model.config)
+        self._shard_experts()
+
+    def _shard_experts(self) -> None:
+        """Expert parallelism applies under a Trainer (its DDP strategy, before DDP wraps the module); a module
+        built without one (e.g. by ``load_from_checkpoint``, for analysis) holds every expert until it is fitted."""
+        if self.hparams.expert_parallel_size > 1 and self.expert_parallel is None and self._trainer is not None:
+            self.expert_parallel = expert_parallel_for_lightning(self, self.hparams.expert_parallel_size)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         ids = batch["input_ids"]
@@ -66,6 +120,16 @@ class HizooLightningModule(L.LightningModule):
                 self.log("train/mfu", tflops / self.hparams.peak_tflops)
         self._step_start = now
         return out.loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.expert_parallel is not None:
+            self.expert_parallel.reduce_gradients()  # after accumulation, before clipping
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        if self.expert_parallel is not None and gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
+            self.expert_parallel.clip_grad_norm_(self.model.parameters(), gradient_clip_val)  # norm over all experts
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_before_zero_grad(self, optimizer) -> None:
         update_router_states(self.model)  # once per optimizer step (loss-free bias, λ1 warm-up)
@@ -94,10 +158,33 @@ class HizooLightningModule(L.LightningModule):
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+        if self.expert_parallel is not None:  # full expert states in a checkpoint -> this rank's block
+            optimizer.register_load_state_dict_pre_hook(self.expert_parallel.slice_optimizer_state)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["hizoo_config"] = self.model.config.to_dict()
+        if self.expert_parallel is not None:  # every expert in the file, whatever the EP size (collective)
+            self.expert_parallel.gather_checkpoint(checkpoint, self.trainer.optimizers)
+
+    def model_state_for_export(self) -> dict[str, torch.Tensor] | None:
+        """The state ``save_pretrained`` must write, on global rank 0: None when ``self.model.state_dict()`` is
+        complete; under expert parallelism the state with every expert, gathered to rank 0 (a collective: call
+        on every rank, before the process group is destroyed)."""
+        return None if self.expert_parallel is None else self.expert_parallel.full_state_dict(self.model)
+
+
+def _check_number(name: str, value, low: float, high: float | None = None, low_open: bool = False,
+                  high_open: bool = False) -> None:
+    """``value`` is a finite real number in the interval [low, high] (ends open where asked), else ValueError."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low)
+    if high is not None:
+        ok = ok and (value < high if high_open else value <= high)
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low:g}, {'inf)' if high is None else f'{high:g}'}"
+        interval += "" if high is None else (")" if high_open else "]")
+        raise ValueError(f"{name}={value!r} must be a finite number in {interval}")
 
 
 def training_flops_per_token(config: HizooConfig, seq_len: int | None = None) -> float:

@@ -120,6 +120,17 @@ class HizooPreTrainedModel(PreTrainedModel):
                                     () if allow_mismatched else info["mismatched_keys"], pretrained_model_name_or_path)
         return (model, info) if wants_info else model
 
+    def save_pretrained(self, save_directory, *args, model_card=None, **kwargs):
+        """transformers' ``save_pretrained``, self-contained: the folder also gets the modeling code generated from
+        hizoo, ``auto_map`` (so ``from_pretrained(..., trust_remote_code=True)`` loads it without hizoo), the
+        config's special-token ids in the generation config, and README.md, the model card; ``model_card``:
+        ``ModelCardInfo`` facts for it (training tokens, validation perplexity, ...) or ``False`` for none.
+        (``models/export.py``)"""
+        from .export import save_pretrained_self_contained
+
+        return save_pretrained_self_contained(self, super().save_pretrained, save_directory, *args,
+                                              model_card=model_card, **kwargs)
+
     def check_loaded_keys(self, missing, unexpected, mismatched, source, hint: str | None = None) -> None:
         """Raise ``ValueError`` naming ``source`` when a load left weights ``missing`` (names the model needs),
         ``unexpected`` (names the files hold) or ``mismatched`` ((name, shape in the files, shape in the model));
@@ -129,21 +140,68 @@ class HizooPreTrainedModel(PreTrainedModel):
         check_loaded_keys(self, set(missing) - tied, unexpected, mismatched, source, hint)
 
     def _init_weights(self, module: nn.Module) -> None:
-        """Initialize every parameter: Linear/Embedding N(0, initializer_range²), norms 1, experts and routers
-        below; modules with parameters of their own (hyper-connections) define ``reset_parameters``."""
+        """Initialize every parameter; ``config.init_scheme`` picks the rule for the weight matrices.
+
+        ``"normal"``: Linear, Embedding and expert weights N(0, initializer_range²); the router
+        N(0, router_init_std²) when that is set.
+
+        ``"switch"``: the Hi-MoE reference's initialization with ``use_switch_tfm_init`` (its ``GPT.__init__`` and
+        ``_init_weights``; Switch Transformer, Sec. 2.3, scale s = ``switch_init_scale``):
+          - every Linear (q/k/v, dense and shared-expert gate/up, lm_head), the router and the experts' ``w13``:
+            truncated normal with σ = √(s / fan_in), cut at ±2σ (fan_in = the input width, d for the router);
+          - the projections that write into the residual stream (attention ``o_proj``, ``down_proj``, the
+            experts' ``w2``): N(0, (initializer_range / √(2L))²), the GPT-2 scaled init the reference gives its
+            ``c_proj`` weights after the Switch init;
+          - the token embedding: N(0, initializer_range²) as the reference's ``nn.Embedding``, or, when tied to
+            lm_head (the reference ties them, and lm_head's init is applied last), lm_head's Switch init.
+          ``router_init_std``, when set, still overrides the router's init.
+
+        Both schemes: norms 1; router buffers and scales, and the hyper-connection coefficients, by their
+        modules' ``reset_parameters``. The residual projections carry ``writes_residual = True`` (set where they
+        are built): transformers skips modules without parameters of their own, so a parent cannot re-init them.
+        """
         if isinstance(module, HizooRotaryEmbedding):  # transformers rebuilds its inv_freq buffers (meta-device loads)
             super()._init_weights(module)
             return
-        std = self.config.initializer_range
+        config = self.config
+        std = config.initializer_range
+        switch = config.init_scheme == "switch"
+        residual_std = std / (2 * config.num_hidden_layers) ** 0.5
+
+        def switch_init_(weight: Tensor, fan_in: int) -> None:  # truncated normal, σ = √(s / fan_in), at ±2σ
+            sigma = (config.switch_init_scale / fan_in) ** 0.5
+            init.trunc_normal_(weight, mean=0.0, std=sigma, a=-2 * sigma, b=2 * sigma)
+
         if isinstance(module, GroupedExperts):
-            init.normal_(module.w13, mean=0.0, std=std)
-            init.normal_(module.w2, mean=0.0, std=std)
+            if switch:
+                switch_init_(module.w13, fan_in=module.w13.shape[-2])  # [E, d, 2f]: fan_in d
+                init.normal_(module.w2, mean=0.0, std=residual_std)
+            else:
+                init.normal_(module.w13, mean=0.0, std=std)
+                init.normal_(module.w2, mean=0.0, std=std)
         elif isinstance(module, Router):
-            init.normal_(module.weight, mean=0.0, std=self.config.router_init_std or std)
+            if config.router_init_std is not None:
+                init.normal_(module.weight, mean=0.0, std=config.router_init_std)
+            elif switch:
+                switch_init_(module.weight, fan_in=module.weight.shape[-1])  # [E, d]: fan_in d
+            else:
+                init.normal_(module.weight, mean=0.0, std=std)
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
         elif isinstance(module, RMSNorm):
             init.ones_(module.weight)
+        elif switch and isinstance(module, nn.Linear):
+            if getattr(module, "writes_residual", False):  # attention o_proj, SwiGLU down_proj
+                init.normal_(module.weight, mean=0.0, std=residual_std)
+            else:
+                switch_init_(module.weight, fan_in=module.in_features)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif switch and isinstance(module, nn.Embedding):
+            if config.tie_word_embeddings:
+                switch_init_(module.weight, fan_in=module.embedding_dim)
+            else:
+                init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, (nn.Linear, nn.Embedding)):
             super()._init_weights(module)
         elif hasattr(module, "reset_parameters") and any(True for _ in module.parameters(recurse=False)):
@@ -175,6 +233,8 @@ class HizooCausalLMOutput(MoeCausalLMOutputWithPast):
 
 
 class HizooModel(HizooPreTrainedModel):
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]  # the base model of a HizooForCausalLM checkpoint
+
     def __init__(self, config: HizooConfig):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)

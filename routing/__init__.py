@@ -1,6 +1,7 @@
 """Routers: pure tensor code that maps tokens to experts. ``build_router(config)`` picks one by name."""
 
-from .base import Router, RoutingResult, apply_capacity, in_backward_recompute
+from .base import (CAPACITY_PRIORITIES, CAPACITY_RULES, Router, RoutingResult, apply_capacity, expert_capacity,
+                   in_backward_recompute)
 from .group_limited import GroupLimitedRouter
 from .himoe import HiMoERouter
 from .topk import TopKRouter
@@ -11,7 +12,9 @@ ROUTER_NAMES = ("topk", "group_limited", "himoe")
 def build_router(config) -> Router:
     """The router named by ``config.router`` (``topk`` | ``group_limited`` | ``himoe``)."""
     common = dict(num_experts=config.num_experts, hidden_size=config.hidden_size, top_k=config.num_experts_per_tok,
-                  capacity_factor=config.capacity_factor)
+                  capacity_factor=config.capacity_factor, eval_capacity_factor=config.eval_capacity_factor,
+                  capacity_rule=config.capacity_rule, min_capacity=config.min_capacity,
+                  capacity_priority=config.capacity_priority)
     if config.router == "topk":
         return TopKRouter(
             **common,
@@ -49,5 +52,5 @@ def build_router(config) -> Router:
     raise ValueError(f"router={config.router!r} is not allowed; choose one of {ROUTER_NAMES}")
 
 
-__all__ = ["GroupLimitedRouter", "HiMoERouter", "ROUTER_NAMES", "Router", "RoutingResult", "TopKRouter",
-           "apply_capacity", "build_router", "in_backward_recompute"]
+__all__ = ["CAPACITY_PRIORITIES", "CAPACITY_RULES", "GroupLimitedRouter", "HiMoERouter", "ROUTER_NAMES", "Router",
+           "RoutingResult", "TopKRouter", "apply_capacity", "build_router", "expert_capacity", "in_backward_recompute"]

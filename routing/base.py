@@ -37,19 +37,51 @@ def in_backward_recompute() -> bool:
     return current is not None and current() != -1
 
 
-def apply_capacity(expert_idx: Tensor, expert_weight: Tensor, num_experts: int,
-                   capacity_factor: float) -> tuple[Tensor, Tensor]:
-    """Switch-style capacity: each expert takes at most C = ceil(capacity_factor · T·K / E) pairs, first come
-    first served in (token, slot) order; the overflow pairs keep their expert index but get weight 0.
+CAPACITY_RULES = ("reference", "ceil")
+CAPACITY_PRIORITIES = ("slot", "token")
+
+
+def expert_capacity(num_tokens: int, top_k: int, num_experts: int, capacity_factor: float,
+                    rule: str = "reference", min_capacity: int = 4) -> int:
+    """Routing pairs one expert may take from ``num_tokens`` tokens (Switch Transformer, Eq. 3, top-K form).
+
+    - ``"reference"`` (the Hi-MoE code's ``get_capacity``): C = floor(K · cf · T / E), rounded up to an even
+      number, and at least ``min_capacity``;
+    - ``"ceil"`` (hizoo's earlier rule): C = ceil(cf · T · K / E), no minimum.
+    """
+    if rule == "reference":
+        capacity = math.floor(top_k * capacity_factor * num_tokens / num_experts)  # same float order as the code
+        capacity += capacity % 2
+        return max(capacity, min_capacity)
+    if rule == "ceil":
+        return math.ceil(capacity_factor * num_tokens * top_k / num_experts)
+    raise ValueError(f"capacity_rule={rule!r} is not one of {CAPACITY_RULES}")
+
+
+def apply_capacity(expert_idx: Tensor, expert_weight: Tensor, num_experts: int, capacity_factor: float,
+                   rule: str = "reference", min_capacity: int = 4, priority: str = "slot") -> tuple[Tensor, Tensor]:
+    """Switch-style capacity: each expert takes at most C = ``expert_capacity(...)`` pairs; the overflow pairs
+    keep their expert index but get weight 0 (the other weights are not renormalized, as in the reference).
+
+    Which pairs an expert keeps, first come first served:
+    - ``priority="slot"`` (the Hi-MoE code's ``_route_to_slots``): every token's slot 0 in token order, then
+      every token's slot 1, ... — a token's first choice outranks any token's second choice;
+    - ``priority="token"`` (hizoo's earlier order): token by token, each token's slots in order.
 
     expert_idx [T, K], expert_weight [T, K] -> (expert_weight [T, K] with zeros, dropped [T, K] bool)
     """
+    if priority not in CAPACITY_PRIORITIES:
+        raise ValueError(f"capacity_priority={priority!r} is not one of {CAPACITY_PRIORITIES}")
     T, K = expert_idx.shape
-    capacity = math.ceil(capacity_factor * T * K / num_experts)
-    flat = expert_idx.flatten()  # [T*K]
-    one_hot = torch.nn.functional.one_hot(flat, num_experts)  # [T*K, E]
-    position = (one_hot.cumsum(dim=0) * one_hot).sum(dim=-1) - 1  # [T*K] rank of the pair within its expert
-    dropped = (position >= capacity).view(T, K)  # [T, K]
+    capacity = expert_capacity(T, K, num_experts, capacity_factor, rule, min_capacity)
+    flat = (expert_idx.t() if priority == "slot" else expert_idx).flatten()  # [T*K] pairs in arrival order
+    order = torch.argsort(flat, stable=True)  # [T*K] grouped by expert, arrival order kept inside each expert
+    counts = torch.bincount(flat, minlength=num_experts)  # [E]
+    starts = counts.cumsum(0) - counts  # [E] first sorted index of each expert
+    position = torch.empty_like(flat)
+    position[order] = torch.arange(flat.numel(), device=flat.device) - starts[flat[order]]  # rank within expert
+    over = position >= capacity  # [T*K]
+    dropped = over.view(K, T).t() if priority == "slot" else over.view(T, K)  # [T, K]
     return expert_weight.masked_fill(dropped, 0.0), dropped
 
 
@@ -57,14 +89,24 @@ class Router(nn.Module):
     """Base class: ``forward(x [T, d], seq_len=None) -> RoutingResult``; the gate weight is ``self.weight`` [E, d].
 
     ``seq_len`` (tokens are B sequences of ``seq_len`` in order) is only needed by sequence-wise losses.
-    ``capacity_factor`` None means dropless.
+    Capacity (keyword arguments every router accepts): ``capacity_factor`` for training forwards (None:
+    dropless), ``eval_capacity_factor`` for eval forwards (None: the same as ``capacity_factor``), and
+    ``capacity_rule``, ``min_capacity``, ``capacity_priority`` as in ``expert_capacity``/``apply_capacity``.
     """
 
-    def __init__(self, num_experts: int, hidden_size: int, top_k: int, capacity_factor: float | None = None):
+    def __init__(self, num_experts: int, hidden_size: int, top_k: int, capacity_factor: float | None = None,
+                 eval_capacity_factor: float | None = None, capacity_rule: str = "reference", min_capacity: int = 4,
+                 capacity_priority: str = "slot"):
         super().__init__()
+        if capacity_rule not in CAPACITY_RULES:
+            raise ValueError(f"capacity_rule={capacity_rule!r} is not one of {CAPACITY_RULES}")
+        if capacity_priority not in CAPACITY_PRIORITIES:
+            raise ValueError(f"capacity_priority={capacity_priority!r} is not one of {CAPACITY_PRIORITIES}")
         self.num_experts = num_experts
         self.top_k = top_k
         self.capacity_factor = capacity_factor
+        self.eval_capacity_factor = eval_capacity_factor
+        self.capacity_rule, self.min_capacity, self.capacity_priority = capacity_rule, min_capacity, capacity_priority
         self.weight = nn.Parameter(torch.empty(num_experts, hidden_size))
 
     def logits(self, x: Tensor) -> Tensor:
@@ -73,10 +115,15 @@ class Router(nn.Module):
 
     def finish(self, expert_idx: Tensor, expert_weight: Tensor, logits: Tensor, aux: dict[str, Tensor],
                dtype: torch.dtype) -> RoutingResult:
-        """Apply the capacity limit (if any) and cast the combine weights to the activations' dtype."""
+        """Apply the capacity limit of this mode (training or eval; if any) and cast the combine weights to the
+        activations' dtype."""
+        factor = self.capacity_factor
+        if not self.training and self.eval_capacity_factor is not None:
+            factor = self.eval_capacity_factor
         dropped = None
-        if self.capacity_factor is not None:
-            expert_weight, dropped = apply_capacity(expert_idx, expert_weight, self.num_experts, self.capacity_factor)
+        if factor is not None:
+            expert_weight, dropped = apply_capacity(expert_idx, expert_weight, self.num_experts, factor,
+                                                    self.capacity_rule, self.min_capacity, self.capacity_priority)
         return RoutingResult(expert_idx, expert_weight.to(dtype), logits, aux, dropped)
 
     def forward(self, x: Tensor, seq_len: int | None = None) -> RoutingResult:  # pragma: no cover - interface

@@ -28,8 +28,8 @@ class GroupLimitedRouter(Router):
 
     def __init__(self, num_experts: int, hidden_size: int, top_k: int, n_groups: int = 1, topk_groups: int = 1,
                  routed_scaling_factor: float = 1.0, bias_update_rate: float = 1e-3, seq_aux_loss_coef: float = 0.0,
-                 capacity_factor: float | None = None):
-        super().__init__(num_experts, hidden_size, top_k, capacity_factor)
+                 **capacity):
+        super().__init__(num_experts, hidden_size, top_k, **capacity)  # capacity options of Router
         self.n_groups = n_groups
         self.topk_groups = topk_groups
         self.routed_scaling_factor = routed_scaling_factor

@@ -25,13 +25,21 @@ class HiMoERouter(Router):
     - Selection (Eq. 5): top-k_g of π inside every group (``topk_groups`` = G), or inside the
       ``topk_groups`` groups of largest π mass; K = k_g · topk_groups.
     - Combine weights: the selected π renormalized over the K, × learnable ``expert_scale`` [E] (init 1).
-    - Regularizers (Eqs. 6-7), p = softmax(g) (``reg_source="raw"``, the reference default) or π
-      (``"corrected"``), m_g = Σ_{i∈g} p_i:
+    - Regularizers (Eqs. 6-7) on probabilities p chosen by ``reg_source``: ``"raw"`` (the reference default:
+      p = softmax(g) in both terms), ``"selection"`` (the reference's ``himoe_intra_source="selection"``: π in
+      R_intra, softmax(g) in R_inter) or ``"corrected"`` (π in both, the paper's Eq. 7 read literally; hizoo's
+      earlier option); m_g = Σ_{i∈g} p_i:
         ``square``:  R_intra = −λ1 · mean_t Σ_i p_i²,  R_inter = +λ2 · mean_t Σ_g m_g²
         ``entropy``: R_intra = +λ1 · mean_t H(p),     R_inter = −λ2 · mean_t H(m)   (Shannon form)
       ``group_mass="sparse"``: m_g sums the selected π (before renormalization) instead of all of p.
       λ1 ramps linearly from 0 over ``intra_warmup_steps`` optimizer steps, counted in buffer ``step``.
-    - Plus Switch LB on the raw softmax(g) (Switch Eq. 4) and z-loss on g (ST-MoE Eq. 5).
+    - Plus Switch LB ``E · Σ_i f_i P_i`` with P from the raw softmax(g) and f_i = (tokens whose selection
+      includes i) / T, so Σ f = K (Switch Eq. 4, normalized as the reference code), and z-loss on g (ST-MoE Eq. 5).
+    - Capacity (optional; ``Router``): the reference example trains and evaluates with factor 2.0, floor-even
+      capacity of at least 4, first choices in a group before second choices (``capacity_priority="slot"``).
+
+    The reference's ``MoGERouter`` (Hi-MoE ``model.py``) and this router give the same logits, selections,
+    combine weights and losses on the same weights: ``bench/reference_himoe.py``.
 
     Why λ1 must stay below λ2 (square form): per token, one-hot p gives R = λ2 − λ1, while one peaked
     expert in each of the G groups gives (λ2 − λ1)/G. For λ1 > λ2 the regularizer prefers putting the
@@ -43,14 +51,14 @@ class HiMoERouter(Router):
                  tau: float = 0.01, ema_beta: float = 0.9, temperature: float = 1.0, lambda_intra: float = 0.1,
                  lambda_inter: float = 0.05, reg_source: str = "raw", reg_form: str = "square",
                  group_mass: str = "dense", intra_warmup_steps: int = 0, aux_loss_coef: float = 0.01,
-                 z_loss_coef: float = 0.001, capacity_factor: float | None = None):
-        super().__init__(num_experts, hidden_size, top_k, capacity_factor)
+                 z_loss_coef: float = 0.001, **capacity):
+        super().__init__(num_experts, hidden_size, top_k, **capacity)  # capacity options of Router
         topk_groups = n_groups if topk_groups is None else topk_groups
         if num_experts % n_groups or top_k % topk_groups or top_k // topk_groups > num_experts // n_groups:
             raise ValueError(
                 f"HiMoERouter: num_experts={num_experts}, n_groups={n_groups}, topk_groups={topk_groups}, "
                 f"top_k={top_k} need n_groups | num_experts, topk_groups | top_k, top_k/topk_groups <= E/G")
-        for name, value, allowed in (("reg_source", reg_source, ("raw", "corrected")),
+        for name, value, allowed in (("reg_source", reg_source, ("raw", "selection", "corrected")),
                                      ("reg_form", reg_form, ("square", "entropy")),
                                      ("group_mass", group_mass, ("dense", "sparse"))):
             if value not in allowed:
@@ -96,18 +104,20 @@ class HiMoERouter(Router):
         expert_idx = local + (group_ids * self.experts_per_group)[..., None]  # [T, Gk, k_g]
         return expert_idx.reshape(T, -1), top_p.reshape(T, -1)
 
-    def regularizers(self, p: Tensor, expert_idx: Tensor, selected: Tensor) -> tuple[Tensor, Tensor]:
-        """(R_intra, R_inter) already scaled by λ1 (warmed up) and λ2 (Eqs. 6-7)."""
-        T = p.shape[0]
+    def regularizers(self, p_intra: Tensor, p_inter: Tensor, expert_idx: Tensor,
+                     selected: Tensor) -> tuple[Tensor, Tensor]:
+        """(R_intra, R_inter) already scaled by λ1 (warmed up) and λ2 (Eqs. 6-7); p_intra, p_inter [T, E] are the
+        probabilities ``reg_source`` names for each term, selected [T, K] the chosen π before renormalization."""
+        T = p_inter.shape[0]
         if self.group_mass == "sparse":  # mass of the selected experts only (reference "sparse_group_mass")
-            m = p.new_zeros(T, self.n_groups).scatter_add_(1, expert_idx // self.experts_per_group, selected)
+            m = p_inter.new_zeros(T, self.n_groups).scatter_add_(1, expert_idx // self.experts_per_group, selected)
         else:
-            m = p.view(T, self.n_groups, self.experts_per_group).sum(dim=-1)  # [T, G]
+            m = p_inter.view(T, self.n_groups, self.experts_per_group).sum(dim=-1)  # [T, G]
         if self.reg_form == "entropy":
-            intra = -(p * (p + _EPS).log()).sum(dim=-1).mean()  # mean_t H(p): minimized -> sharper tokens
+            intra = -(p_intra * (p_intra + _EPS).log()).sum(dim=-1).mean()  # mean_t H(p): minimized -> sharper
             inter = (m * (m + _EPS).log()).sum(dim=-1).mean()  # −mean_t H(m): minimized -> spread groups
         else:
-            intra = -p.square().sum(dim=-1).mean()  # −mean_t Σ_i p_i²
+            intra = -p_intra.square().sum(dim=-1).mean()  # −mean_t Σ_i p_i²
             inter = m.square().sum(dim=-1).mean()  # +mean_t Σ_g m_g²
         return self.intra_coef() * intra, self.lambda_inter * inter
 
@@ -124,10 +134,12 @@ class HiMoERouter(Router):
 
         aux = {}
         if self.aux_loss_coef > 0:
-            aux["load_balance"] = self.aux_loss_coef * switch_load_balance_loss(raw, expert_idx, self.num_experts)
+            aux["load_balance"] = self.aux_loss_coef * switch_load_balance_loss(  # P from softmax(g), f from the
+                raw, expert_idx, self.num_experts)  # selection (before capacity drops), as the reference
         if self.z_loss_coef > 0:
             aux["z"] = self.z_loss_coef * z_loss(logits)
         if self.lambda_intra > 0 or self.lambda_inter > 0:
-            p = raw if self.reg_source == "raw" else pi
-            aux["intra"], aux["inter"] = self.regularizers(p, expert_idx, selected)
+            p_intra = raw if self.reg_source == "raw" else pi
+            p_inter = pi if self.reg_source == "corrected" else raw
+            aux["intra"], aux["inter"] = self.regularizers(p_intra, p_inter, expert_idx, selected)
         return self.finish(expert_idx, weight, logits, aux, x.dtype)

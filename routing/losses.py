@@ -12,15 +12,18 @@ def expert_counts(expert_idx: Tensor, num_experts: int) -> Tensor:
 
 
 def expert_fraction(expert_idx: Tensor, num_experts: int) -> Tensor:
-    """f_i: fraction of the T·K routing slots that chose expert i.  [T, K] -> [E] fp32 (no gradient)."""
-    return expert_counts(expert_idx, num_experts) / expert_idx.numel()
+    """f_i = (tokens routing to expert i) / T, so Σ_i f_i = K: the normalization of ``transformers``'
+    ``load_balancing_loss_func`` and of the Hi-MoE reference code (f per token, not per slot).
+    [T, K] -> [E] fp32 (no gradient)."""
+    return expert_counts(expert_idx, num_experts) / expert_idx.shape[0]
 
 
 def switch_load_balance_loss(probs: Tensor, expert_idx: Tensor, num_experts: int,
                              fraction: Tensor | None = None) -> Tensor:
-    """Switch Transformer load balancing (Fedus et al. 2021, Eq. 4): E · Σ_i f_i · P_i,
-    f_i the fraction of routing slots sent to expert i, P_i the mean router probability of expert i.
-    Equals 1 for a perfectly uniform router. ``fraction`` overrides f (e.g. global-batch f)."""
+    """Switch Transformer load balancing (Fedus et al. 2021, Eq. 4) in its top-K form: E · Σ_i f_i · P_i,
+    f_i = (tokens routing to i) / T (Σ f = K, as ``transformers``' OLMoE and the Hi-MoE code), P_i the mean
+    router probability of expert i. Equals K for a perfectly uniform router. ``fraction`` overrides f
+    (e.g. the global-batch f, normalized the same way)."""
     f = expert_fraction(expert_idx, num_experts) if fraction is None else fraction  # [E]
     P = probs.float().mean(dim=0)  # [E]
     return num_experts * (f * P).sum()

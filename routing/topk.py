@@ -15,15 +15,18 @@ class TopKRouter(Router):
     """p = softmax(g); pick the K largest p; combine weights are those p, renormalized when
     ``norm_topk_prob`` (Mixtral) and raw otherwise (OLMoE).
 
-    Losses: Switch LB ``coef · E · Σ_i f_i P_i`` (Switch Transformer, Eq. 4) and z-loss
-    ``coef · mean_t logsumexp(g_t)²`` (ST-MoE, Eq. 5).
+    Losses: Switch LB ``coef · E · Σ_i f_i P_i`` with f_i = (tokens routing to i) / T, so Σ f = K, and P from
+    the full softmax (Switch Transformer, Eq. 4; the normalization of ``transformers``'
+    ``load_balancing_loss_func``), and z-loss ``coef · mean_t logsumexp(g_t)²`` (ST-MoE, Eq. 5).
+    ``transformers``' OLMoE computes no z-loss (its OLMoE training used 0.001, paper Table 11).
 
     Global-batch balance (``global_balance=True``, cf. Qiu et al. 2025, arXiv 2501.11873): in training, f is
     computed over all tokens of the optimizer step seen so far, not over this micro-batch only:
     - the slot counts of each micro-batch are summed over data-parallel ranks (``all_reduce`` when
       ``torch.distributed`` is initialized; f carries no gradient, so this is a plain sum of counts);
     - they accumulate in the buffer ``global_counts`` over the micro-batches of the step, so the k-th
-      micro-batch uses f of micro-batches 1..k (the last one uses the full global batch);
+      micro-batch uses f of micro-batches 1..k (the last one uses the full global batch), normalized by the
+      tokens counted so far (Σ f = K, as the local f);
     - ``end_of_step()`` (called once per optimizer step by ``models.moe.update_router_states``) clears it.
     P stays the local mean probability (the gradient path). A gradient-checkpointing recompute does not
     count again: it reuses the counts of its original forward. Eval forwards use the local f.
@@ -31,8 +34,8 @@ class TopKRouter(Router):
 
     def __init__(self, num_experts: int, hidden_size: int, top_k: int, norm_topk_prob: bool = False,
                  aux_loss_coef: float = 0.01, z_loss_coef: float = 0.001, global_balance: bool = False,
-                 capacity_factor: float | None = None):
-        super().__init__(num_experts, hidden_size, top_k, capacity_factor)
+                 **capacity):
+        super().__init__(num_experts, hidden_size, top_k, **capacity)  # capacity options of Router
         self.norm_topk_prob = norm_topk_prob
         self.aux_loss_coef = aux_loss_coef
         self.z_loss_coef = z_loss_coef
@@ -56,7 +59,8 @@ class TopKRouter(Router):
             if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
                 dist.all_reduce(counts)
             self.global_counts += counts
-        return self.global_counts / self.global_counts.sum().clamp(min=1.0)
+        tokens = self.global_counts.sum().clamp(min=1.0) / self.top_k  # tokens of the global batch so far
+        return self.global_counts / tokens  # Σ f = K, as the local f
 
     def forward(self, x: Tensor, seq_len: int | None = None) -> RoutingResult:
         logits = self.logits(x)  # [T, E] fp32

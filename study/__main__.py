@@ -49,6 +49,14 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and value < 1:
             parser.error(f"--{name} must be >= 1, got {value}")
 
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"--out {args.out} is a file; give a folder (it is created if missing)")
+    for entry in args.data or []:
+        if entry.startswith("hf:") and len(args.data) > 1:
+            parser.error(f"--data {entry}: a hub data set is a whole corpus; give it alone")
+        if not entry.startswith("hf:") and not Path(entry).exists():
+            parser.error(f"--data {entry}: does not exist (a corpus file or folder, or hf:NAME)")
+
     scale = SCALES[args.scale]
     try:
         variants = select(STUDIES[args.study](scale), args.variants)

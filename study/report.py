@@ -20,11 +20,16 @@ COLUMNS = {
             ("within_group_collapse", "within-group collapse"), ("specialization", "domain specialization (JS)")],
     "streams": [("val_ppl", "val ppl"), ("dominant_share", "dominant share"),
                 ("dominant_share_max", "dominant share, worst layer"), ("effective_streams", "effective streams"),
-                ("stream_cosine", "stream cosine"), ("mix_identity_distance", "‖M − I‖_F"),
-                ("amax_gain", "Amax gain"), ("ablation_max", "ablation Δloss max"),
+                ("stream_cosine", "stream cosine"), ("mix_identity_distance_per_token", "‖M_t − I‖_F"),
+                ("mix_identity_distance", "‖M̄ − I‖_F"), ("column_sum_deviation", "column-sum dev."),
+                ("row_sum_deviation", "row-sum dev."), ("amax_forward", "Amax fwd"), ("amax_backward", "Amax bwd"),
+                ("logit_spread_above_30", "spread > 30"), ("ablation_max", "ablation Δloss max"),
                 ("ablation_min", "ablation Δloss min")],
 }
 REFERENCE = {"moe": "topk", "streams": "plain"}  # the variant the relative perplexity is measured against
+# what a metric named in a run's "exact_by_construction" shows in the table (it is left out of the metrics)
+EXACT_CELL = {"column_sum_deviation": "0 (exact)", "row_sum_deviation": "0 (exact)", "amax_forward": "1 (exact)",
+              "amax_backward": "1 (exact)"}
 
 METRIC_NOTES = {
     "moe": [
@@ -42,12 +47,21 @@ METRIC_NOTES = {
         "effective streams: exp(entropy of the norm shares), averaged over layers (n = even, 1 = collapsed).",
         "stream cosine: mean pairwise cosine similarity of the streams, averaged over tokens and layers (1 = "
         "all streams point the same way: n copies of one residual, whatever their norm shares).",
-        "‖M − I‖_F: distance of the token-mean residual mixing from the identity, averaged over layers and branches "
-        "(0 = the streams never exchange information).",
-        "Amax gain: the largest absolute row or column sum of the product of the token-mean mixings over depth "
-        "(mHC's measure; 1 when every mixing is doubly stochastic, > 1 when the mixings amplify the residual).",
-        "ablation Δloss: increase of the held-out loss when one stream is zeroed before the final norm; max and min "
-        "over streams (a dominant stream shows as a large max and a near-zero min).",
+        "‖M_t − I‖_F: distance of each token's residual mixing from the identity, averaged over tokens, layers "
+        "and branches (0 = the streams never exchange information); ‖M̄ − I‖_F: the same for the token-mean mixing "
+        "(smaller when tokens mix differently: the average hides it).",
+        "column-sum dev., row-sum dev.: mean |sum − 1| of each token's Σ_i M[i, j] (weight an output stream "
+        "receives; the stream-collapse analysis' column sums) and Σ_j M[i, j] (weight an input stream sends), over "
+        "every connection. '(exact)' marks the axis a kind fixes by construction: both for mHC-lite (permutation "
+        "mixture), the one Sinkhorn normalizes last for mHC; HC fixes none.",
+        "Amax fwd / bwd: mHC's Amax gain magnitude of each token's product of the mixings over depth, max absolute "
+        "row sum of H_res[out, in] (forward signal) and max absolute column sum (backward gradient), averaged over "
+        "tokens as the mHC paper plots it (1 = no amplification; fixed at 1 on an exact axis).",
+        "spread > 30: share of (token, connection) pairs whose pre-Sinkhorn logits span more than 30 (log(1/ν) of "
+        "the stream-collapse paper: Sinkhorn converges too slowly to make the other axis exact); mHC only.",
+        "ablation Δloss: increase of the held-out loss when one stream's contribution to the output is zeroed "
+        "(Σ_{s≠j} norm(H_s) for stream_reduce='norm_sum', norm(Σ_{s≠j} H_s) for 'sum_norm'); max and min over "
+        "streams (a dominant stream shows as a large max and a near-zero min).",
     ],
 }
 
@@ -80,7 +94,8 @@ def _count(n: int) -> str:
 def table(study: str, results: list[dict]) -> str:
     """Markdown table: one row per variant, mean ± std over its seeds for every metric some run has."""
     groups = by_variant(results)
-    columns = [(k, t) for k, t in COLUMNS[study] if any(k in r["metrics"] for r in results)]
+    columns = [(k, t) for k, t in COLUMNS[study]
+               if any(k in r["metrics"] or k in r["metrics"].get("exact_by_construction", ()) for r in results)]
     ref = groups.get(REFERENCE[study])
     ref_ppl = mean_std([r["metrics"]["val_ppl"] for r in ref])[0] if ref else None
     head = ["variant", "params", "active", "seeds"] + [t for _, t in columns]
@@ -91,7 +106,8 @@ def table(study: str, results: list[dict]) -> str:
         cells = [runs[0]["label"], _count(runs[0]["params"]), _count(runs[0]["active_params"]), str(len(runs))]
         for key, _ in columns:
             values = [r["metrics"][key] for r in runs if key in r["metrics"]]
-            cells.append(_fmt(*mean_std(values), len(values)) if values else "–")
+            exact = all(key in r["metrics"].get("exact_by_construction", ()) for r in runs)
+            cells.append(_fmt(*mean_std(values), len(values)) if values else EXACT_CELL[key] if exact else "–")
         if ref_ppl:
             ppl = mean_std([r["metrics"]["val_ppl"] for r in runs])[0]
             cells.insert(5, f"{(ppl / ref_ppl - 1) * 100:+.1f}%")

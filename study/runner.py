@@ -81,7 +81,13 @@ def held_out_batch(datamodule: HizooDataModule, n: int) -> tuple[torch.Tensor, t
 
 
 def summary_metrics(report: dict) -> dict:
-    """The study's per-run numbers from a diagnostics report (layer means; absent sections give no keys)."""
+    """The study's per-run numbers from a diagnostics report (layer means; absent sections give no keys).
+
+    Streams: "mix_identity_distance" (‖M̄ − I‖_F of the token-mean mixing) and "mix_identity_distance_per_token"
+    (token mean of ‖M_t − I‖_F), both averaged over connections; "column_sum_deviation" / "row_sum_deviation"
+    (mean |sum − 1| of the per-token sums over all connections); "logit_spread_above_30" (mHC); "amax_forward" /
+    "amax_backward" (token mean of the per-token Amax gain of the mixing product over depth); and
+    "exact_by_construction": the keys of those that are fixed for the kind (left out, not reported as constants)."""
     out: dict = {}
     experts = report.get("experts")
     if experts and experts["moe_layers"]:
@@ -101,12 +107,26 @@ def summary_metrics(report: dict) -> dict:
         out["dominant_share_max"] = max(layer["dominant_share"] for layer in layers)
         out["effective_streams"] = fmean(layer["effective_streams"] for layer in layers)
         out["stream_cosine"] = fmean(layer["mean_cosine"] for layer in layers)
-        dist = [layer[b]["mix_identity_distance"] for layer in layers for b in ("attn", "ffn")
-                if "mix_identity_distance" in layer[b]]
-        if dist:
-            out["mix_identity_distance"] = fmean(dist)
-        if "depth" in streams:
-            out["amax_gain"] = streams["depth"]["amax_gain"]
+        conns = [layer[b] for layer in layers for b in ("attn", "ffn") if "mix" in layer[b]]
+        if conns:
+            out["mix_identity_distance"] = fmean(m["mix_identity_distance"] for m in conns)  # of the token-mean M
+            if "mix_identity_distance_per_token" in conns[0]:
+                out["mix_identity_distance_per_token"] = fmean(m["mix_identity_distance_per_token"] for m in conns)
+        mixing, depth = streams.get("mixing", {}), streams.get("depth", {})
+        for axis in ("column", "row"):
+            if f"{axis}_sums_per_token" in mixing:
+                out[f"{axis}_sum_deviation"] = mixing[f"{axis}_sums_per_token"]["mean_abs_deviation"]
+        if "fraction_above_30" in mixing.get("logit_spread", {}):
+            out["logit_spread_above_30"] = mixing["logit_spread"]["fraction_above_30"]
+        for name in ("forward", "backward"):
+            if f"amax_{name}" in depth:
+                out[f"amax_{name}"] = depth[f"amax_{name}"]
+        exact = streams.get("exact_by_construction", {})
+        fixed = [key for family, key in (("column_sums", "column_sum_deviation"), ("row_sums", "row_sum_deviation"),
+                                         ("amax_forward", "amax_forward"), ("amax_backward", "amax_backward"))
+                 if family in exact]
+        if fixed:
+            out["exact_by_construction"] = fixed
         if "ablation" in streams:
             inc = streams["ablation"]["loss_increase"]
             out["ablation_max"], out["ablation_min"] = max(inc), min(inc)

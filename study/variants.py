@@ -83,8 +83,9 @@ class Variant:
 
 def moe_variants(scale: Scale) -> list[Variant]:
     """Dense (active-parameter matched), OLMoE top-k, Mixtral top-k (renormalized weights), DeepSeek-V3
-    group-limited, Hi-MoE as in its reference (groups of 8 experts, k_g = 2, every group selected), the same
-    without its intra-group term, and Hi-MoE with k_g = 1 (one expert per group)."""
+    group-limited, Hi-MoE as in its reference (groups of 8 experts, k_g = 2, every group selected), the same with
+    the reference's training recipe (capacity 2.0, Switch init), without its intra-group term, and Hi-MoE with
+    k_g = 1 (one expert per group)."""
     E, K, width = scale.num_experts, scale.top_k, scale.expert_width
     moe = dict(ffn="moe", num_experts=E, num_experts_per_tok=K, moe_intermediate_size=width)
     himoe_groups = max(1, min(E // 8, K // 2))  # groups of E/G ≥ 8 experts when E allows, k_g = K/G ≥ 2
@@ -100,6 +101,11 @@ def moe_variants(scale: Scale) -> list[Variant]:
                      seq_aux_loss_coef=1e-4)),
         Variant("himoe", f"Hi-MoE ({himoe_groups}×{E // himoe_groups} experts, k_g = {K // himoe_groups})",
                 dict(moe, router="himoe", n_groups=himoe_groups)),
+        # the reference's training recipe on top: capacity factor 2.0 in training and eval (its drop rule and
+        # order) and Switch init of every layer (configs/himoe_reference.yaml); the other variants are dropless
+        Variant("himoe_ref", f"Hi-MoE ({himoe_groups}×{E // himoe_groups}), reference recipe (capacity 2.0, Switch init)",
+                dict(moe, router="himoe", n_groups=himoe_groups, capacity_factor=2.0, eval_capacity_factor=2.0,
+                     init_scheme="switch")),
         # ablation: the intra-group specialization term (Eq. 6) off, everything else as the reference
         Variant("himoe_no_intra", f"Hi-MoE ({himoe_groups}×{E // himoe_groups}), λ1 = 0",
                 dict(moe, router="himoe", n_groups=himoe_groups, himoe_lambda_intra=0.0)),

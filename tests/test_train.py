@@ -64,6 +64,65 @@ def test_export_loads_in_fresh_interpreter_and_generates(tiny_run):
     assert "generated:" in result.stdout
 
 
+def test_export_has_consistent_special_tokens_left_padding_and_a_card(tiny_run):
+    """The end-of-run export: tokenizer ids in config and generation config (so generate stops at eos), a tokenizer
+    that pads on the left with the model's context length, auto_map and code, and a card with the run's numbers."""
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from transformers import AutoTokenizer
+
+    version = tiny_run / "tiny" / "version_0"
+    export = version / "hf_model"
+    config = json.loads((export / "config.json").read_text())
+    generation = json.loads((export / "generation_config.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(export)
+    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    for name in ("bos", "eos", "pad"):
+        assert config[f"{name}_token_id"] == generation[f"{name}_token_id"] == getattr(tokenizer, f"{name}_token_id") == eos
+    assert tokenizer.padding_side == "left" and tokenizer.model_max_length == config["max_position_embeddings"]
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM"}
+    assert (export / "modeling_hizoo.py").is_file() and (export / "configuration_hizoo.py").is_file()
+    events = EventAccumulator(str(version))
+    events.Reload()
+    ppl = events.Scalars("val/ppl")[-1].value
+    card = (export / "README.md").read_text()
+    assert "| training tokens | 15,360 (15.4K) |" in card  # 30 steps x batch 8 x 64 tokens
+    assert f"| validation perplexity | {ppl:.4g} |" in card
+    assert f"| context length | {config['max_position_embeddings']} tokens (`max_position_embeddings`); trained on " \
+           "sequences of 64 |" in card
+    assert f'from_pretrained("{export}", trust_remote_code=True)' in card
+
+
+def test_export_loads_and_generates_without_hizoo(tiny_run, tmp_path):
+    """tests/models/fresh_env_check.py: the export loads in an interpreter that cannot import hizoo, and batched
+    left-padded greedy generation from its tokenizer equals the package's."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from hizoo import HizooForCausalLM
+
+    export = tiny_run / "tiny" / "version_0" / "hf_model"
+    model, tokenizer = HizooForCausalLM.from_pretrained(export).eval(), AutoTokenizer.from_pretrained(export)
+    prompts = ["def main(", "import os\nprint(os.path"]
+    with torch.no_grad():
+        batch = tokenizer(prompts, return_tensors="pt", padding=True)
+        generated = model.generate(**batch, max_new_tokens=8, do_sample=False)
+        torch.save({"ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+                    "logits": model(**batch).logits, "batch": generated},
+                   tmp_path / "expected.pt")
+    entry = {"name": "tiny_run", "path": str(export), "expected": str(tmp_path / "expected.pt"), "tokenizer": True,
+             "prompts": prompts, "max_new_tokens": 8}
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"exports": [entry], "forbidden_roots": [str(REPO)]}))
+    env = {"HF_MODULES_CACHE": str(tmp_path / "hf_modules"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin",
+           "HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-I", str(REPO / "tests" / "models" / "fresh_env_check.py"),
+                             str(manifest)], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert result.returncode == 0 and "ok tiny_run" in result.stdout, result.stdout + result.stderr[-3000:]
+
+
 def test_checkpoint_loads_into_the_same_model(tiny_run):
     from hizoo.models.lightning import load_model_from_checkpoint
 

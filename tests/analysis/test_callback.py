@@ -54,12 +54,15 @@ def test_callback_writes_scalars_figures_and_histograms(tmp_path):
     for tag in ("experts/layer0/max_vio", "experts/layer1/cv", "experts/layer0/group_cv",
                 "experts/layer0/max_vio_accumulated", "experts/domain/lib/specialization",
                 "streams/layer0/dominant_share", "streams/layer1/effective_streams",
-                "streams/layer0/attn/mix_identity_distance", "streams/amax_gain", "streams/ablation/stream0"):
+                "streams/layer0/attn/mix_identity_distance", "streams/layer0/attn/mix_identity_distance_per_token",
+                "streams/logit_spread/fraction_above_30", "streams/ablation/stream0"):
         assert tag in tags["scalars"], tag
+    # mHC: the axis Sinkhorn leaves inexact has its Amax gain logged, the exact one is not (it is 1)
+    assert ("streams/amax_forward" in tags["scalars"]) != ("streams/amax_backward" in tags["scalars"])
     assert [e.step for e in acc.Scalars("experts/layer0/max_vio")] == [2, 4]
     assert [e.step for e in acc.Scalars("streams/ablation/stream0")] == [4]  # figure steps only
     for tag in ("experts/load_heatmap", "experts/group_loads", "experts/domain_usage", "streams/norm_shares",
-                "streams/mix"):
+                "streams/mix", "streams/logit_spread", "streams/mix_sums", "streams/amax_depth"):
         assert tag in tags["images"], tag
     assert "experts/layer0/load" in tags["histograms"]
 

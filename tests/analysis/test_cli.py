@@ -30,7 +30,8 @@ def test_cli_on_an_hf_directory_writes_pngs_report_and_summary(tmp_path, capsys)
     assert main([str(tmp_path / "model"), "--out", str(out), "--seq-len", "12", "--num-seqs", "2"]) == 0
     pngs = sorted(p.name for p in out.glob("*.png"))
     # no domain ids in the CLI's data, so no domain figure
-    assert pngs == ["experts_group_loads.png", "experts_load_heatmap.png", "streams_mix.png", "streams_norm_shares.png"]
+    assert pngs == ["experts_group_loads.png", "experts_load_heatmap.png", "streams_amax_depth.png",
+                    "streams_logit_spread.png", "streams_mix.png", "streams_mix_sums.png", "streams_norm_shares.png"]
     assert all((out / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
     report = json.loads((out / "report.json").read_text())
     assert report["experts"]["moe_layers"] == [0, 1]

@@ -67,9 +67,11 @@ def test_collect_on_a_moe_mhc_model_fills_every_section():
     assert len(report["streams"]["layers"]) == 2 and "ablation" in report["streams"]
     tags = scalars(report)
     assert "experts/layer0/max_vio" in tags and "streams/layer1/dominant_share" in tags
-    assert "streams/layer0/ffn/mix_identity_distance" in tags and "streams/amax_gain" in tags
+    assert "streams/layer0/ffn/mix_identity_distance" in tags and "streams/logit_spread/median" in tags
+    assert "streams/amax_forward" in tags or "streams/amax_backward" in tags
     assert set(figures(report)) == {"experts/load_heatmap", "experts/group_loads", "experts/domain_usage",
-                                    "streams/norm_shares", "streams/mix"}
+                                    "streams/norm_shares", "streams/mix", "streams/logit_spread",
+                                    "streams/mix_sums", "streams/amax_depth"}
     assert any("expert balance" in line for line in summarize(report))
 
 
@@ -100,6 +102,6 @@ def test_drop_rate_comes_from_the_capacity_limited_router():
         num_experts=4, num_experts_per_tok=2, moe_intermediate_size=8, experts_backend="eager",
         capacity_factor=0.5)).eval()
     report = collect(model, torch.randint(0, 48, (2, 8)))
-    # capacity ceil(0.5 · 16 · 2 / 4) = 4 pairs per expert: at most 16 of the 32 pairs are kept
+    # capacity floor(2 · 0.5 · 16 / 4) = 4 pairs per expert (even, >= 4): at most 16 of the 32 pairs are kept
     assert report["experts"]["layers"][0]["drop_rate"] >= 0.5
     assert any("capacity drops" in line for line in summarize(report))

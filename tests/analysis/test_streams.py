@@ -1,13 +1,14 @@
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from hizoo import HizooConfig, HizooForCausalLM
-from hizoo.analysis.streams import (amax_gain, branch_metrics, depth_product, dominant_share, effective_streams,
-                                    identity_distance, logit_spread, lss_scales, mean_pairwise_cosine, norm_shares,
-                                    off_diagonal_mass, stream_ablation, stream_metrics, weight_concentration)
+from hizoo.analysis.streams import (branch_metrics, dominant_share, effective_streams, identity_distance,
+                                    lss_scales, mean_pairwise_cosine, norm_shares, off_diagonal_mass, reduce_without,
+                                    stream_ablation, stream_metrics, weight_concentration)
 
 
 def test_one_stream_carrying_all_norm():
@@ -57,24 +58,16 @@ def test_mixing_metrics():
     assert weight_concentration(torch.ones(4)) == pytest.approx(0.25)
 
 
-def test_amax_gain_and_depth_product():
-    ds = torch.tensor([[0.7, 0.3], [0.3, 0.7]])  # doubly stochastic: gain 1
-    assert amax_gain(depth_product([ds, ds, ds])) == pytest.approx(1.0)
-    m1 = torch.tensor([[1.0, 2.0], [0.0, 1.0]])
-    m2 = torch.tensor([[1.0, 0.0], [3.0, 1.0]])
-    prod = depth_product([m1, m2])
-    assert torch.allclose(prod, (m1 @ m2).double())  # applied first m1, then m2 (row-vector convention)
-    assert amax_gain(prod) == pytest.approx(10.0)  # m1@m2 = [[7, 2], [3, 1]]: rows 9, 4; columns 10, 3
-    with pytest.raises(ValueError):
-        depth_product([])
-
-
 def test_logit_spread_per_token_mean():
     logits = torch.zeros(1, 2, 2, 2)
-    logits[0, 0] = torch.tensor([[0.0, -8.0], [-8.0, 0.0]])  # spread 8
-    logits[0, 1] = torch.tensor([[1.0, -1.0], [-1.0, 1.0]])  # spread 2
-    assert logit_spread(logits) == pytest.approx(5.0)
-    assert logit_spread(torch.tensor([[0.0, -8.0, -8.0, -8.0, -8.0, -8.0]]), trailing=1) == pytest.approx(8.0)
+    logits[0, 0] = torch.tensor([[0.0, 0.0], [-8.0, -8.0]])  # spread 8 over the matrix (0 within each row)
+    logits[0, 1] = torch.tensor([[1.0, 1.0], [-1.0, -1.0]])  # spread 2
+    out = branch_metrics({"mix_logits": logits}, sinkhorn=True)
+    assert out["mix_logit_spread"] == pytest.approx(5.0) and out["mix_logit_spread_max"] == pytest.approx(8.0)
+    assert out["mix_logit_spread_above_30"] == 0.0
+    lite = branch_metrics({"mix": torch.eye(3), "mix_logits": torch.tensor([[0.0, -8.0, -8.0, -8.0, -8.0, -8.0]])})
+    assert lite["mix_logit_spread"] == pytest.approx(8.0)
+    assert "mix_logit_spread_above_30" not in lite  # permutation logits do not feed Sinkhorn
 
 
 def test_branch_metrics_average_dynamic_coefficients_and_tolerate_missing_keys():
@@ -84,7 +77,8 @@ def test_branch_metrics_average_dynamic_coefficients_and_tolerate_missing_keys()
     out = branch_metrics({"read": read, "mix": mix})
     assert out["read_concentration"] == pytest.approx(1.0)
     assert out["mix_identity_distance"] == pytest.approx(0.0)
-    assert out["mix_column_sums"] == pytest.approx([1.0, 1.0])
+    assert out["mix_column_sums_per_token"]["mean"] == pytest.approx([1.0, 1.0])
+    assert out["mix_row_sums_per_token"]["max_abs_deviation"] == 0.0
     assert "write" not in out and "mix_logit_spread" not in out
 
 
@@ -95,7 +89,8 @@ def test_stream_metrics_over_layers():
     out = stream_metrics(diag)
     assert out["n_streams"] == 2 and len(out["layers"]) == 2
     assert out["layers"][0]["dominant_stream"] == 0 and out["layers"][0]["dominant_share"] == pytest.approx(1.0)
-    assert out["depth"]["amax_gain"] == pytest.approx(1.0)
+    assert out["depth"]["amax_forward"] == out["depth"]["amax_backward"] == pytest.approx(1.0)
+    assert out["depth"]["connections"] == 2
 
 
 def _tiny(**kw):
@@ -106,15 +101,72 @@ def _tiny(**kw):
     return HizooForCausalLM(HizooConfig(**cfg)).eval()
 
 
-def test_stream_ablation_base_loss_is_the_model_loss_and_zeroing_matters():
-    model = _tiny()
+@pytest.mark.parametrize("stream_reduce", ["norm_sum", "sum_norm"])
+def test_stream_ablation_base_loss_is_the_model_loss_and_zeroing_matters(stream_reduce):
+    # no stream ablated reproduces the model's own loss, for either output form
+    model = _tiny(stream_reduce=stream_reduce)
     ids = torch.randint(0, 48, (2, 10))
     with torch.no_grad():
         out = model(ids, labels=ids, output_diagnostics=True, use_cache=False)
     abl = stream_ablation(model, out.diagnostics[-1]["streams"], ids)
+    assert abl["stream_reduce"] == stream_reduce
     assert abl["base_loss"] == pytest.approx(float(out.loss), rel=1e-5)
     assert len(abl["loss_increase"]) == 3
     assert any(abs(x) > 1e-4 for x in abl["loss_increase"])
+
+
+class _HandNorm(torch.nn.Module):
+    """RMSNorm written out: x / sqrt(mean(x²) + eps) · w."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.linspace(0.5, 1.5, d))
+
+    def forward(self, x):
+        return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * self.weight
+
+
+@pytest.mark.parametrize("stream_reduce", ["norm_sum", "sum_norm"])
+def test_stream_ablation_zeroes_the_stream_in_the_output_form(stream_reduce):
+    torch.manual_seed(0)
+    n, d, V = 3, 8, 11
+    norm, head = _HandNorm(d), torch.nn.Linear(d, V, bias=False)
+    model = SimpleNamespace(config=SimpleNamespace(stream_reduce=stream_reduce), model=SimpleNamespace(norm=norm),
+                            lm_head=head)
+    streams = torch.randn(2, 5, n, d) * torch.tensor([3.0, 1.0, 0.2]).view(1, 1, n, 1)
+    ids = torch.randint(0, V, (2, 5))
+    abl = stream_ablation(model, streams, ids)
+
+    def loss(hidden):  # hidden [B, S, d]
+        logits = head(hidden)[:, :-1]
+        return float(F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten()))
+
+    def hidden_without(j):
+        kept = [s for s in range(n) if s != j]
+        if stream_reduce == "norm_sum":  # Σ_{s≠j} norm(H_s)
+            return sum(norm(streams[:, :, s]) for s in kept)
+        return norm(sum(streams[:, :, s] for s in kept))  # norm(Σ_{s≠j} H_s)
+
+    with torch.no_grad():
+        base = loss(hidden_without(None))
+        assert abl["base_loss"] == pytest.approx(base, rel=1e-6)
+        for j in range(n):
+            assert abl["loss_increase"][j] == pytest.approx(loss(hidden_without(j)) - base, rel=1e-5, abs=1e-6)
+    assert abl["stream_reduce"] == stream_reduce
+    other = "sum_norm" if stream_reduce == "norm_sum" else "norm_sum"
+    keep = torch.tensor([1.0, 0.0, 1.0])
+    assert not torch.allclose(reduce_without(streams, norm, keep, stream_reduce),
+                              reduce_without(streams, norm, keep, other))  # the two forms really differ
+
+
+def test_stream_ablation_defaults_to_sum_norm_and_rejects_unknown_forms():
+    norm, head = _HandNorm(4), torch.nn.Linear(4, 5, bias=False)
+    streams, ids = torch.randn(1, 3, 2, 4), torch.randint(0, 5, (1, 3))
+    legacy = SimpleNamespace(config=SimpleNamespace(), model=SimpleNamespace(norm=norm), lm_head=head)
+    assert stream_ablation(legacy, streams, ids)["stream_reduce"] == "sum_norm"
+    bad = SimpleNamespace(config=SimpleNamespace(stream_reduce="mean"), model=SimpleNamespace(norm=norm), lm_head=head)
+    with pytest.raises(ValueError, match="stream_reduce='mean'"):
+        stream_ablation(bad, streams, ids)
 
 
 def test_lss_scales_read_from_the_model():

@@ -55,7 +55,7 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         file_documents([str(tmp_path / "missing.txt")])
     (tmp_path / "empty.txt").write_text("   \n")
-    with pytest.raises(ValueError, match="contain no text"):
+    with pytest.raises(ValueError, match="corpus contains no text"):
         file_documents([str(tmp_path / "empty.txt")])
     (tmp_path / "rows.jsonl").write_text('{"body": "hello"}\n')
     with pytest.raises(ValueError, match="no 'text' field"):

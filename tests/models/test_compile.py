@@ -22,7 +22,7 @@ BASE = dict(vocab_size=97, hidden_size=32, num_hidden_layers=1, num_attention_he
 KINDS = {
     "topk+none": dict(router="topk"),
     "group_limited+hc_static": dict(router="group_limited", n_groups=4, topk_groups=2, residual="hc", n_streams=2,
-                                    seq_aux_loss_coef=1e-3),
+                                    hc_dynamic=False, seq_aux_loss_coef=1e-3),
     "himoe+hc_dynamic": dict(router="himoe", n_groups=4, num_experts_per_tok=4, residual="hc", n_streams=2,
                              hc_dynamic=True),
     "topk+mhc_lite": dict(router="topk", residual="mhc_lite", n_streams=3, router_global_balance=True),

@@ -202,7 +202,7 @@ def test_mlp_only_layers_are_dense_as_in_qwen3_moe():
         out = model(ids)
     assert [r is None for r in out.routing] == [False, True, False, True]
     for bad, message in (([4], r"mlp_only_layers=\[4\] holds \[4\], outside the layers \[0, num_hidden_layers=4\)"),
-                         ([1, 1], "repeats a layer index"), ("1", "must be a list of layer indices")):
+                         ([1, 1], "repeats a layer index"), ("1", "must be a list of integers")):
         with pytest.raises(ValueError, match=message):
             HizooConfig(**{**TINY, "num_hidden_layers": 4, "mlp_only_layers": bad})
 

@@ -25,7 +25,8 @@ def olmoe(tmp_path_factory):
     torch.manual_seed(0)
     model = OlmoeForCausalLM(OlmoeConfig(vocab_size=64, hidden_size=32, intermediate_size=16, num_hidden_layers=2,
                                          num_attention_heads=4, num_key_value_heads=2, num_experts=4,
-                                         num_experts_per_tok=2, max_position_embeddings=32)).eval()
+                                         num_experts_per_tok=2, max_position_embeddings=32,
+                                         pad_token_id=0, eos_token_id=1)).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.1)

@@ -96,7 +96,7 @@ def test_static_hc_at_init_is_the_paper_formula(dynamic):
 
 def test_hc_mixing_matches_hand_computed_example():
     """Non-trivial A_m, A_r, B: h = Σ_i A_m[i] H_i, Ĥ_j = B_j F + Σ_i A_r[i, j] H_i (Eqs. 2–5)."""
-    conn = _conn(hidden_size=2, num_attention_heads=1, n_streams=2)
+    conn = _conn(hidden_size=2, num_attention_heads=1, n_streams=2, hc_dynamic=False)
     with torch.no_grad():
         conn.static_read.copy_(torch.tensor([0.5, 2.0]))
         conn.static_mix.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))  # A_r[i, j]: input i -> output j
@@ -411,7 +411,7 @@ def test_bad_values_raise_clear_errors(kwargs, field):
 
 @pytest.mark.parametrize("overrides, shapes", [
     (dict(), {}),
-    (dict(residual="hc", n_streams=3), {"read": (3,), "write": (3,), "mix": (3, 3)}),
+    (dict(residual="hc", n_streams=3, hc_dynamic=False), {"read": (3,), "write": (3,), "mix": (3, 3)}),
     (dict(residual="hc", n_streams=3, hc_dynamic=True), {"read": (2, 9, 3), "write": (2, 9, 3), "mix": (2, 9, 3, 3)}),
     (dict(residual="mhc", n_streams=3),
      {"read": (2, 9, 3), "write": (2, 9, 3), "mix": (2, 9, 3, 3), "mix_logits": (2, 9, 3, 3)}),

@@ -133,7 +133,7 @@ def test_lightning_checkpoint_with_another_config_raises(tmp_path):
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
     for changes, fragment in [({"num_hidden_layers": 3}, "not in the files"),
                               ({"n_streams": 4}, "another shape"),
-                              ({"residual": "hc"}, "have no place in the model")]:
+                              ({"residual": "hc", "hc_dynamic": False}, "have no place in the model")]:
         ckpt = tmp_path / "x.ckpt"
         torch.save({"hizoo_config": {**model.config.to_dict(), **changes}, "state_dict": state}, ckpt)
         with pytest.raises(ValueError, match=fragment) as err:

@@ -70,7 +70,7 @@ def _olmoe(num_hidden_layers: int) -> OlmoeForCausalLM:
 
 def test_converted_olmoe_eval_loss_is_transformers_loss_and_its_perplexity():
     olmoe = _olmoe(num_hidden_layers=2).eval()
-    ours = HizooForCausalLM.from_olmoe(olmoe)  # with OLMoE's z-loss coefficient: still CE only in eval
+    ours = HizooForCausalLM.from_olmoe(olmoe, router_z_loss_coef=1e-3)  # with a z-loss: still CE only in eval
     ids = torch.randint(0, 128, (3, 16))
     with torch.no_grad():
         ref = olmoe(ids, labels=ids).loss

@@ -54,7 +54,7 @@ def test_shared_experts_are_added_to_routed_output():
 def test_capacity_factor_reports_dropped_pairs_in_model_output():
     torch.manual_seed(0)
     model = HizooForCausalLM(HizooConfig(**TINY, capacity_factor=0.5))
-    routing = model(torch.randint(0, 32, (2, 8))).routing
+    routing = model(torch.randint(0, 32, (2, 32))).routing  # C = floor(2 · 0.5 · 64 / 8) = 8 pairs per expert
     for r in routing:
         assert r.dropped is not None and r.dropped.any()  # capacity 0.5 must drop half the pairs or more
         assert (r.expert_weight[r.dropped] == 0).all()

@@ -38,6 +38,28 @@ def test_losses_match_formulas():
     torch.testing.assert_close(r.aux_losses["z"], 0.25 * torch.logsumexp(x, -1).square().mean())
 
 
+def test_load_balance_counts_tokens_so_fractions_sum_to_k():
+    """f_i = (tokens routing to i) / T with Σ f = K (transformers' load_balancing_loss_func, the Hi-MoE code)."""
+    x = torch.tensor([[3.0, 1.0, 0.0, 2.0], [0.0, 0.0, 5.0, 1.0], [1.0, 4.0, 0.0, 0.0]])
+    r = identity_router(4, top_k=2, aux_loss_coef=1.0, z_loss_coef=0.0)(x)
+    # choices: {0, 3}, {2, 3}, {1, 0} -> expert 0 twice, 1 once, 2 once, 3 twice, over T = 3 tokens
+    f = torch.tensor([2.0, 1.0, 1.0, 2.0]) / 3
+    P = x.softmax(-1).mean(0)
+    torch.testing.assert_close(r.aux_losses["load_balance"], 4 * (f * P).sum())
+    uniform = identity_router(4, top_k=2, aux_loss_coef=1.0)(torch.zeros(6, 4))  # P = 1/E, Σ f = K
+    torch.testing.assert_close(uniform.aux_losses["load_balance"], torch.tensor(2.0))
+
+
+def test_global_balance_with_k_2_normalizes_by_tokens():
+    router = identity_router(4, top_k=2, global_balance=True, z_loss_coef=0.0).train()
+    a = torch.tensor([[5.0, 4.0, 0, 0]])  # experts 0, 1
+    b = torch.tensor([[0, 0, 5.0, 4.0], [0, 4.0, 5.0, 0]])  # {2, 3}, {2, 1}
+    router(a)
+    out = router(b)
+    f = torch.tensor([1.0, 2.0, 2.0, 1.0]) / 3  # 3 tokens so far, Σ f = 2
+    torch.testing.assert_close(out.aux_losses["load_balance"], 0.01 * 4 * (f * b.softmax(-1).mean(0)).sum())
+
+
 def test_global_balance_accumulates_micro_batches_and_resets():
     router = identity_router(4, top_k=1, global_balance=True, z_loss_coef=0.0).train()
     a = torch.tensor([[5.0, 0, 0, 0], [5.0, 0, 0, 0]])  # both tokens -> expert 0
@@ -65,17 +87,19 @@ def test_global_balance_counts_once_under_checkpoint_recompute(reentrant):
     assert router.weight.grad is not None and router.weight.grad.abs().sum() > 0
 
 
-def test_capacity_drops_overflow_in_token_order():
+def test_capacity_earlier_rule_drops_overflow_in_token_order():
     idx = torch.tensor([[0], [0], [0], [1]])
     w = torch.ones(4, 1)
-    weight, dropped = apply_capacity(idx, w, num_experts=2, capacity_factor=1.0)  # C = ceil(4/2) = 2
-    assert dropped.flatten().tolist() == [False, False, True, False]
+    weight, dropped = apply_capacity(idx, w, num_experts=2, capacity_factor=1.0, rule="ceil", priority="token")
+    assert dropped.flatten().tolist() == [False, False, True, False]  # C = ceil(4/2) = 2
     assert weight.flatten().tolist() == [1.0, 1.0, 0.0, 1.0]
-    router = identity_router(2, top_k=1, capacity_factor=1.0)
+    router = identity_router(2, top_k=1, capacity_factor=1.0, capacity_rule="ceil")
     r = router(torch.tensor([[1.0, 0], [1.0, 0], [1.0, 0], [0, 1.0]]))
     assert r.dropped.flatten().tolist() == [False, False, True, False]
     assert r.expert_weight[2, 0].item() == 0.0
     assert math.isclose(r.expert_weight[0, 0].item(), torch.tensor([1.0, 0]).softmax(0)[0].item(), rel_tol=1e-6)
+    # the reference rule keeps at least 4 pairs per expert: nothing is dropped here
+    assert not identity_router(2, top_k=1, capacity_factor=1.0)(torch.tensor([[1.0, 0]] * 4)).dropped.any()
 
 
 def test_gradients_reach_router_through_weights_and_through_losses():

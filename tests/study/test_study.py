@@ -100,6 +100,11 @@ def test_streams_study_covers_every_init(streams_study):
         assert 1 / n - 1e-6 <= m["dominant_share"] <= m["dominant_share_max"] <= 1
         assert 1 <= m["effective_streams"] <= n + 1e-6
         assert "mix_identity_distance" in m and "ablation_max" in m
+        # every Amax gain is either measured or named as fixed by construction, never both
+        for key in ("amax_forward", "amax_backward", "column_sum_deviation", "row_sum_deviation"):
+            assert (key in m) != (key in m.get("exact_by_construction", ())), (v.name, key)
+        if v.model["residual"] == "hc":
+            assert "exact_by_construction" not in m and m["amax_forward"] > 0
         assert (streams_study / "figures" / f"{v.name}_streams_norm_shares.png").is_file()
     # copy init: every stream starts as the embedding; a few steps leave them parallel
     assert results["hc_copy"]["metrics"]["stream_cosine"] > results["hc_rotate"]["metrics"]["stream_cosine"]
