@@ -5,7 +5,7 @@
 """
 
 __version__ = "0.1.0"
-__all__ = ["HizooConfig", "HizooForCausalLM", "HizooModel", "HizooPreTrainedModel"]
+__all__ = ["HizooConfig", "HizooForCausalLM", "HizooModel", "HizooPreTrainedModel", "RouterUpdateCallback"]
 
 if __name__ != "hizoo":
     # The repository root is this package. pytest collects the root directory as a package and imports this
@@ -19,6 +19,7 @@ else:
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     from .models import HizooConfig, HizooForCausalLM, HizooModel, HizooPreTrainedModel
+    from .models.hf_trainer import RouterUpdateCallback
 
     AutoConfig.register(HizooConfig.model_type, HizooConfig, exist_ok=True)
     AutoModel.register(HizooConfig, HizooModel, exist_ok=True)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .grouped_mm_op import grouped_mm
 from .permute import permute_by_expert
 
 
@@ -70,7 +71,7 @@ class _WeightedSwiGLU(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_w = torch.linalg.vecdot(grad_up_unweighted, silu, dim=1).unsqueeze(1).to(w.dtype)  # [N, 1]
         grad_gate_up[:, :f] = torch.ops.aten.silu_backward(grad_up_unweighted.mul_(w), gate)
-        torch.mul(grad * w, silu, out=grad_gate_up[:, f:])
+        grad_gate_up[:, f:] = (grad * w).mul_(silu)  # (a slice assignment, not out=: torch.compile traces it)
         return grad_gate_up, grad_w
 
 
@@ -97,10 +98,10 @@ def grouped_mm_experts(x: Tensor, w13: Tensor, w2: Tensor, expert_idx: Tensor, e
     E = w13.shape[0]
     perm = permute_by_expert(expert_idx, E)
     x_sorted = _GatherRows.apply(x, perm.sorted_token)  # [T*K, d]
-    gate_up = F.grouped_mm(x_sorted, w13, offs=perm.offsets)  # [T*K, 2f]
+    gate_up = grouped_mm(x_sorted, w13, perm.offsets)  # [T*K, 2f]
     # The combine weight scales the f-wide hidden rows (cheaper than the d-wide outputs; GEMM 2 is linear).
     row_weight = expert_weight.flatten()[perm.sorted_pair, None].to(gate_up.dtype)  # [T*K, 1]
     h = _WeightedSwiGLU.apply(gate_up, row_weight)  # [T*K, f] contiguous
-    y = F.grouped_mm(h, w2, offs=perm.offsets)  # [T*K, d]
+    y = grouped_mm(h, w2, perm.offsets)  # [T*K, d]
     out = _ScatterAddRows.apply(y.to(x.dtype), perm.sorted_token, x.shape[0])  # [T, d]
     return out[:, :d] if out.shape[1] != d else out

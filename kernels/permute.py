@@ -1,6 +1,8 @@
 """Routing metadata shared by the grouped backends: sort the T·K (token, expert) pairs by expert.
 
-All on device, no host sync: counts come from ``bincount`` and offsets from ``cumsum``.
+All on device, no host sync: counts come from a scatter-add of ones (``bincount`` would give the same counts, but
+its output shape depends on the data, which makes ``torch.compile`` break the graph there) and offsets from
+``cumsum``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def permute_by_expert(expert_idx: Tensor, num_experts: int) -> ExpertPermutation
     K = expert_idx.shape[1]
     flat = expert_idx.flatten()  # [T*K]
     sorted_pair = torch.argsort(flat, stable=True)  # [T*K]
-    counts = torch.bincount(flat, minlength=num_experts)  # [E]
+    counts = flat.new_zeros(num_experts).scatter_add_(0, flat, torch.ones_like(flat))  # [E]
     offsets = torch.cumsum(counts, dim=0).to(torch.int32)  # [E]
     return ExpertPermutation(sorted_pair, sorted_pair // K, counts, offsets)
 

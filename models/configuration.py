@@ -17,6 +17,7 @@ import types
 import typing
 
 from transformers import GenerationConfig, PreTrainedConfig
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 FFN_KINDS = ("dense", "moe")
 ROUTERS = ("topk", "group_limited", "himoe")
@@ -55,6 +56,21 @@ FIELD_CHOICES: dict[str, tuple[str, ...]] = {
 # Float fields for which +inf is a meaningful value (every other float field must be finite; NaN never is).
 INFINITE_ALLOWED = frozenset({"himoe_max_lambda_ratio"})
 
+# RoPE kinds: hizoo's plain RoPE ("default") and the scaled ones computed by transformers' ROPE_INIT_FUNCTIONS
+ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3", "longrope")
+
+# The names DeepSeek-V3 (n_group, topk_group, n_shared_experts, first_k_dense_replace, n_routed_experts) and
+# Mixtral / Qwen-MoE (num_local_experts) configs in transformers give to a hizoo field: accepted at construction
+# (a config written for those models carries over) and readable as attributes; hizoo stores and saves its own name.
+FIELD_ALIASES = {
+    "n_group": "n_groups",
+    "topk_group": "topk_groups",
+    "n_shared_experts": "num_shared_experts",
+    "first_k_dense_replace": "num_dense_layers",
+    "n_routed_experts": "num_experts",
+    "num_local_experts": "num_experts",
+}
+
 
 class HizooConfig(PreTrainedConfig):
     r"""Configuration of a hizoo causal language model.
@@ -66,11 +82,28 @@ class HizooConfig(PreTrainedConfig):
 
     MoE: ``num_experts_per_tok`` is K in total; grouped routers pick k_g = K / ``topk_groups`` experts in
     each chosen group (``topk_groups`` defaults to ``n_groups``). Aux-loss coefficients are applied inside
-    the routers, so ``RoutingResult.aux_losses`` are already scaled.
+    the routers, so ``RoutingResult.aux_losses`` are already scaled. Dense layers in an MoE model: the first
+    ``num_dense_layers`` and every index in ``mlp_only_layers`` (Qwen3-MoE's name and meaning).
+
+    Names from transformers' DeepSeek-V3 and Qwen3-MoE / Mixtral configs are accepted for the same settings
+    (``FIELD_ALIASES``): ``n_group`` = ``n_groups``, ``topk_group`` = ``topk_groups``, ``n_shared_experts`` =
+    ``num_shared_experts``, ``first_k_dense_replace`` = ``num_dense_layers``, ``n_routed_experts`` and
+    ``num_local_experts`` = ``num_experts``. They are renamed at construction (``config.n_group`` reads
+    ``n_groups``; the saved config.json holds hizoo's names); giving both spellings with different values
+    raises ``ValueError``.
+
+    RoPE: ``rope_parameters`` is transformers' dict (``{"rope_type": "default", "rope_theta": 10000.0}`` when
+    not given, built from ``rope_theta``); scaled RoPE as in Llama/Qwen/DeepSeek configs uses transformers'
+    ``ROPE_INIT_FUNCTIONS``: ``{"rope_type": "linear" | "dynamic", "factor": f}``, ``"yarn"`` (``factor``,
+    ``original_max_position_embeddings``, optional ``beta_fast``/``beta_slow``/``attention_factor``),
+    ``"llama3"`` (``factor``, ``low_freq_factor``, ``high_freq_factor``, ``original_max_position_embeddings``),
+    ``"longrope"``. ``rope_theta`` always equals ``rope_parameters["rope_theta"]``; the legacy ``rope_scaling``
+    key is read as ``rope_parameters``.
     """
 
     model_type = "hizoo"
     keys_to_ignore_at_inference = ["cache"]
+    attribute_map = dict(FIELD_ALIASES)
 
     # --- transformer ---
     vocab_size: int = 32000
@@ -83,6 +116,7 @@ class HizooConfig(PreTrainedConfig):
     hidden_act: str = "silu"
     max_position_embeddings: int = 2048
     rope_theta: float = 10000.0
+    rope_parameters: dict | None = None  # transformers' RoPE dict (rope_type, rope_theta, scaling); see the docstring
     rms_norm_eps: float = 1e-5
     qk_norm: bool = False
     attention_bias: bool = False
@@ -101,6 +135,7 @@ class HizooConfig(PreTrainedConfig):
     # --- feed-forward / MoE ---
     ffn: str = "dense"
     num_dense_layers: int = 0  # leading layers kept dense in an MoE model (DeepSeek's first_k_dense_replace)
+    mlp_only_layers: list[int] | None = None  # further dense layers of an MoE model, by index (Qwen3-MoE's name)
     moe_intermediate_size: int = 256
     num_experts: int = 32
     num_experts_per_tok: int = 8
@@ -165,7 +200,9 @@ class HizooConfig(PreTrainedConfig):
             self.head_dim = self.hidden_size // self.num_attention_heads
         if self.topk_groups is None:
             self.topk_groups = self.n_groups
-        super().__post_init__(**kwargs)
+        super().__post_init__(**kwargs)  # builds rope_parameters (transformers' standardization) from rope_theta
+        if isinstance(self.rope_parameters, dict) and "rope_theta" in self.rope_parameters:
+            self.rope_theta = self.rope_parameters["rope_theta"]
         self.validate()
 
     # ------------------------------------------------------------------ validation
@@ -195,6 +232,7 @@ class HizooConfig(PreTrainedConfig):
         if self.head_dim % 2 != 0:
             raise ValueError(f"head_dim={self.head_dim} must be even (RoPE rotates pairs of channels)")
         _check_positive(self, "rope_theta")
+        self._validate_rope()
         _check_positive(self, "rms_norm_eps")
         _check_positive(self, "initializer_range")
         _check_positive(self, "switch_init_scale")
@@ -205,6 +243,30 @@ class HizooConfig(PreTrainedConfig):
             ids = value if isinstance(value, list) else [value]
             if any(i is not None and not 0 <= i < self.vocab_size for i in ids):
                 raise ValueError(f"{name}={value} must be None or in [0, vocab_size={self.vocab_size})")
+
+    def _validate_rope(self) -> None:
+        rope = self.rope_parameters
+        if not isinstance(rope, dict):
+            raise ValueError(f"rope_parameters={rope!r} must be a dict such as {{'rope_type': 'yarn', 'factor': 4.0}}")
+        rope_type = rope.get("rope_type")
+        if rope_type not in ROPE_TYPES:
+            raise ValueError(f"rope_parameters['rope_type']={rope_type!r} is not allowed; choose one of "
+                             f"{', '.join(map(repr, ROPE_TYPES))} (per-layer-type RoPE dicts are not supported)")
+        if rope_type != "default" and rope_type not in ROPE_INIT_FUNCTIONS:
+            raise ValueError(f"rope_parameters['rope_type']={rope_type!r} is not provided by this transformers version")
+        if rope.get("rope_theta") != self.rope_theta:
+            raise ValueError(f"rope_theta={self.rope_theta} and rope_parameters['rope_theta']={rope.get('rope_theta')} "
+                             f"must agree (set one of them)")
+        if rope.get("partial_rotary_factor", 1.0) != 1.0:
+            raise ValueError(f"rope_parameters['partial_rotary_factor']={rope['partial_rotary_factor']} is not "
+                             f"supported: hizoo rotates the whole head (1.0)")
+        factor = rope.get("factor")
+        if rope_type != "default" and (isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor < 1):
+            raise ValueError(f"rope_parameters['factor']={factor!r} must be a number >= 1 for rope_type={rope_type!r}")
+        try:
+            self.validate_rope()  # transformers' check of the keys each rope_type needs
+        except KeyError as err:
+            raise ValueError(f"rope_parameters={rope}: {err.args[0]}") from err
 
     def _validate_moe(self) -> None:
         for name in ("moe_intermediate_size", "num_experts", "num_experts_per_tok", "n_groups", "topk_groups"):
@@ -233,6 +295,7 @@ class HizooConfig(PreTrainedConfig):
             raise ValueError(
                 f"num_dense_layers={self.num_dense_layers} must be <= num_hidden_layers={self.num_hidden_layers}"
             )
+        self._validate_mlp_only_layers()
         E, K, G = self.num_experts, self.num_experts_per_tok, self.n_groups
         if K > E:
             raise ValueError(f"num_experts_per_tok={K} must be <= num_experts={E}")
@@ -276,6 +339,19 @@ class HizooConfig(PreTrainedConfig):
                 f"himoe_max_lambda_ratio deliberately"
             )
 
+    def _validate_mlp_only_layers(self) -> None:
+        layers = self.mlp_only_layers
+        if layers is None:
+            return
+        if not isinstance(layers, (list, tuple)) or any(isinstance(i, bool) or not isinstance(i, int) for i in layers):
+            raise ValueError(f"mlp_only_layers={layers!r} must be a list of layer indices (integers)")
+        bad = [i for i in layers if not 0 <= i < self.num_hidden_layers]
+        if bad:
+            raise ValueError(f"mlp_only_layers={list(layers)} holds {bad}, outside the layers "
+                             f"[0, num_hidden_layers={self.num_hidden_layers})")
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"mlp_only_layers={list(layers)} repeats a layer index")
+
     def _validate_residual(self) -> None:
         _check_nonnegative_int(self, "stream_start_seed")
         angle = self.stream_init_angle
@@ -306,7 +382,9 @@ class HizooConfig(PreTrainedConfig):
 
     # ------------------------------------------------------------------ derived
     def is_moe_layer(self, layer_idx: int) -> bool:
-        return self.ffn == "moe" and layer_idx >= self.num_dense_layers
+        """MoE unless the model is dense, the layer is one of the first ``num_dense_layers`` or in ``mlp_only_layers``."""
+        return (self.ffn == "moe" and layer_idx >= self.num_dense_layers
+                and layer_idx not in (self.mlp_only_layers or ()))
 
     @property
     def experts_per_group(self) -> int:
@@ -326,7 +404,7 @@ _TRANSFORMERS_KEYS_4X = frozenset({
     "return_dict_in_generate",
 })
 # transformers features hizoo's model does not implement: accepting them would silently ignore them
-_UNSUPPORTED_TRANSFORMERS_KEYS = frozenset({"rope_scaling", "rope_parameters", "per_layer_config"})
+_UNSUPPORTED_TRANSFORMERS_KEYS = frozenset({"per_layer_config"})
 
 
 @functools.cache
@@ -432,6 +510,43 @@ def _check_field_types(config) -> None:
                 raise ValueError(f"{name}={value!r} must be a finite number{extra}")
         if coerced is not value:
             setattr(config, name, coerced)
+
+
+def resolve_field_aliases(kwargs: dict) -> dict:
+    """``kwargs`` with the names of ``FIELD_ALIASES`` replaced by hizoo's; both spellings with different values, or
+    ``rope_theta`` and ``rope_parameters["rope_theta"]`` with different values, raise ``ValueError``."""
+    kwargs = dict(kwargs)
+    for alias, field in FIELD_ALIASES.items():
+        if alias not in kwargs:
+            continue
+        value = kwargs.pop(alias)
+        if field in kwargs and kwargs[field] != value:
+            raise ValueError(f"{alias}={value!r} and {field}={kwargs[field]!r} name the same setting ({alias} is "
+                             f"hizoo's {field}); give one of them, or equal values")
+        kwargs[field] = value
+    rope = kwargs.get("rope_parameters") or kwargs.get("rope_scaling")
+    theta = kwargs.get("rope_theta", _DEFAULT_ROPE_THETA)
+    # rope_theta at its default counts as not given (the typed LightningCLI config passes every field)
+    if isinstance(rope, dict) and "rope_theta" in rope and theta != _DEFAULT_ROPE_THETA and rope["rope_theta"] != theta:
+        raise ValueError(f"rope_theta={theta!r} and rope_parameters['rope_theta']={rope['rope_theta']!r} name the same "
+                         f"setting; give one of them, or equal values")
+    return kwargs
+
+
+_DEFAULT_ROPE_THETA = HizooConfig.rope_theta
+
+
+def _accepting_aliases(init):
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **resolve_field_aliases(kwargs))
+
+    return __init__
+
+
+# After the class is built: PreTrainedConfig wraps the dataclass __init__ at class creation, and the aliases must be
+# renamed before that __init__ assigns the fields (HizooConfig.__post_init__ derives topk_groups from n_groups).
+HizooConfig.__init__ = _accepting_aliases(HizooConfig.__init__)
 
 
 def _check_choice(config, name: str, allowed: tuple[str, ...]) -> None:

@@ -37,9 +37,8 @@ def config_from_olmoe(olmoe_config, **overrides) -> HizooConfig:
     """The HizooConfig of the same architecture as an ``OlmoeConfig``."""
     if getattr(olmoe_config, "clip_qkv", None) is not None:
         raise ValueError(f"OLMoE clip_qkv={olmoe_config.clip_qkv} is not supported by hizoo; only clip_qkv=None converts")
-    rope = getattr(olmoe_config, "rope_parameters", None) or {}
-    if rope.get("rope_type", "default") != "default":
-        raise ValueError(f"OLMoE rope_type={rope['rope_type']!r} is not supported; hizoo implements plain RoPE")
+    rope = dict(getattr(olmoe_config, "rope_parameters", None) or {})  # scaled RoPE: transformers' own functions
+    rope["rope_theta"] = float(rope.get("rope_theta", getattr(olmoe_config, "rope_theta", 10000.0)))
     kwargs = dict(
         vocab_size=olmoe_config.vocab_size,
         hidden_size=olmoe_config.hidden_size,
@@ -47,7 +46,8 @@ def config_from_olmoe(olmoe_config, **overrides) -> HizooConfig:
         num_attention_heads=olmoe_config.num_attention_heads,
         num_key_value_heads=olmoe_config.num_key_value_heads,
         max_position_embeddings=olmoe_config.max_position_embeddings,
-        rope_theta=float(rope.get("rope_theta", getattr(olmoe_config, "rope_theta", 10000.0))),
+        rope_theta=rope["rope_theta"],
+        rope_parameters=rope,
         rms_norm_eps=olmoe_config.rms_norm_eps,
         qk_norm=True,
         attention_bias=olmoe_config.attention_bias,

@@ -105,7 +105,7 @@ class HizooLightningModule(L.LightningModule):
         if not torch.isfinite(out.loss):
             raise FloatingPointError(
                 f"non-finite training loss {out.loss.item()} at step {self.global_step}; the last checkpoint is kept")
-        ce = out.loss - (out.aux_loss if out.aux_loss is not None else 0.0)
+        ce = out.ce_loss
         self.log("train/loss", out.loss, prog_bar=True)
         self.log("train/ce", ce)
         for name, value in (out.aux_losses or {}).items():
@@ -153,7 +153,7 @@ class HizooLightningModule(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         ids = batch["input_ids"]
         out = self.model(ids, labels=ids)
-        ce = out.loss - (out.aux_loss if out.aux_loss is not None else 0.0)
+        ce = out.ce_loss
         self.log("val/ce", ce, prog_bar=True, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:

@@ -5,7 +5,9 @@ streams (Σ_s norm(H_s), or norm(Σ_s H_s) with ``stream_reduce="sum_norm"``) ->
 
 Each block has two branches, attention and feed-forward (dense SwiGLU or MoE), each behind its own
 residual connection (``models/hyper_connections.py``; with ``residual="none"`` that is the plain
-pre-norm residual x + F(norm(x))).
+pre-norm residual x + F(norm(x))). Attention kernels and masks: ``models/attention.py`` (transformers' attention
+interface and mask utilities); RoPE: ``models/rope.py``; the loss is transformers' causal-LM loss plus the
+routers' losses (``HizooForCausalLM.forward``); the HF Trainer's router-state callback: ``models/hf_trainer.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from safetensors import SafetensorError
 from torch import Tensor, nn
 from transformers import GenerationMixin, PreTrainedModel
@@ -21,85 +22,24 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast, MoeModelOutputWithPast
+from transformers.modeling_utils import slice_logits_to_keep
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from ..kernels import GroupedExperts
 from ..routing import Router, RoutingResult
+from .attention import Attention, RMSNorm, causal_attention_mask, create_masks_for_generate
 from .configuration import HizooConfig
 from .files import check_loaded_keys, unreadable_safetensors
 from .hyper_connections import ResidualStreams, StreamExpansion, reduce_streams
-from .inputs import check_inputs
+from .inputs import IGNORE_INDEX, check_inputs
 from .mlp import SwiGLU
 from .moe import MoEFeedForward
+from .rope import HizooRotaryEmbedding
 
-
-class RMSNorm(nn.Module):
-    """x / rms(x) · w, computed in fp32 (Zhang & Sennrich 2019)."""
-
-    def __init__(self, size: int, eps: float = 1e-5):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(size))
-        self.eps = eps
-
-    def forward(self, x: Tensor) -> Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
-
-
-def rotary_cos_sin(position_ids: Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """RoPE (Su et al. 2021) in the rotate-half layout: position_ids [B, S] -> cos, sin [B, 1, S, head_dim]."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float32) / head_dim)
-    freqs = position_ids.float()[..., None] * inv_freq  # [B, S, hd/2]
-    emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # [B, 1, S, hd]
-    return emb.cos().to(dtype), emb.sin().to(dtype)
-
-
-def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
-
-
-class Attention(nn.Module):
-    """Multi-head attention with GQA and RoPE through ``F.scaled_dot_product_attention``.
-
-    ``qk_norm`` is OLMoE's: RMSNorm over the whole q (and k) projection, before splitting into heads.
-    """
-
-    def __init__(self, config: HizooConfig, layer_idx: int):
-        super().__init__()
-        self.layer_idx = layer_idx
-        self.n_heads, self.n_kv_heads, self.head_dim = (
-            config.num_attention_heads, config.num_key_value_heads, config.head_dim)
-        self.rope_theta = config.rope_theta
-        self.dropout = config.attention_dropout
-        d, bias = config.hidden_size, config.attention_bias
-        self.q_proj = nn.Linear(d, self.n_heads * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=bias)
-        self.o_proj.writes_residual = True  # depth-scaled init under init_scheme="switch" (_init_weights)
-        self.q_norm = RMSNorm(self.n_heads * self.head_dim, config.rms_norm_eps) if config.qk_norm else None
-        self.k_norm = RMSNorm(self.n_kv_heads * self.head_dim, config.rms_norm_eps) if config.qk_norm else None
-
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: Cache | None) -> Tensor:
-        B, S, _ = x.shape
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q = q.view(B, S, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, S, hd]
-        k = k.view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, S, hd]
-        v = v.view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if cache is not None:
-            k, v = cache.update(k, v, self.layer_idx)  # [B, Hkv, S_past + S, hd]
-        out = F.scaled_dot_product_attention(
-            q, k, v,
-            attn_mask=mask,
-            is_causal=mask is None and S > 1,
-            dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=self.n_kv_heads != self.n_heads,
-        )  # [B, H, S, hd]
-        return self.o_proj(out.transpose(1, 2).reshape(B, S, -1))
+# transformers' loss keywords: consumed by HizooForCausalLM's loss (and checked with the inputs), never by attention
+LOSS_KWARGS = ("num_items_in_batch", "shift_labels", "ignore_index")
 
 
 class HizooBlock(GradientCheckpointingLayer):
@@ -117,11 +57,14 @@ class HizooBlock(GradientCheckpointingLayer):
         self.ffn = MoEFeedForward(config) if self.is_moe else SwiGLU(config.hidden_size, config.intermediate_size)
 
     def forward(
-        self, streams: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None = None, cache: Cache | None = None,
+        self, streams: Tensor, position_embeddings: tuple[Tensor, Tensor], attention_mask=None,
+        cache: Cache | None = None, **kwargs,
     ) -> tuple[Tensor, RoutingResult | None, dict]:
-        """streams [B, S, n, d] -> (streams [B, S, n, d], routing of the MoE branch or None, connection contexts)."""
+        """streams [B, S, n, d] -> (streams [B, S, n, d], routing of the MoE branch or None, connection contexts).
+        ``kwargs`` go to the attention kernel (transformers' attention keywords)."""
         h, attn_ctx = self.attn_conn.read(streams)  # [B, S, d]
-        streams = self.attn_conn.write(streams, self.attn(self.attn_norm(h), cos, sin, mask, cache), attn_ctx)
+        attn_out, _ = self.attn(self.attn_norm(h), position_embeddings, attention_mask, cache, **kwargs)
+        streams = self.attn_conn.write(streams, attn_out, attn_ctx)
 
         h, ffn_ctx = self.ffn_conn.read(streams)
         routing = None
@@ -140,7 +83,20 @@ class HizooPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["HizooBlock"]
     _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    # The input checks read values on the host and the routers update state in training forwards: torch.compile
+    # works with graph breaks there (tests/models/test_compile.py), but not with fullgraph=True.
     _can_compile_fullgraph = False
+    # transformers' output capturing (capture_outputs): attention weights are recorded from each Attention module
+    # (output_attentions=True, eager attention). Hidden states and router logits are hizoo's own (Σ_s H_s per layer;
+    # the routers' RoutingResult), returned by the forward itself.
+    _can_record_outputs = {"attentions": OutputRecorder(Attention, index=1)}
+
+    def create_masks_for_generate(self, config, inputs_embeds, attention_mask, cache, position_ids=None, **kwargs):
+        """The mask ``generate`` prepares for a static cache: the same rule as the forward (``models/attention.py``)."""
+        return create_masks_for_generate(config, inputs_embeds, attention_mask, cache, position_ids, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, strict: bool = True, **kwargs):
@@ -204,6 +160,9 @@ class HizooPreTrainedModel(PreTrainedModel):
         modules' ``reset_parameters``. The residual projections carry ``writes_residual = True`` (set where they
         are built): transformers skips modules without parameters of their own, so a parent cannot re-init them.
         """
+        if isinstance(module, HizooRotaryEmbedding):  # transformers rebuilds its inv_freq buffers (meta-device loads)
+            super()._init_weights(module)
+            return
         config = self.config
         std = config.initializer_range
         switch = config.init_scheme == "switch"
@@ -249,29 +208,6 @@ class HizooPreTrainedModel(PreTrainedModel):
             module.reset_parameters()
 
 
-def build_attention_mask(attention_mask: Tensor | None, q_len: int, past_len: int,
-                         padded: bool | None = None) -> Tensor | None:
-    """Boolean [B, 1, q_len, past_len + q_len] mask (True = may attend), or None when SDPA's own causal
-    mask (no padding, no past) or no mask at all (one new token, no padding) is exact. ``padded``: whether
-    ``attention_mask`` has a 0, when the caller knows it already (``check_inputs`` does); read here otherwise."""
-    if attention_mask is not None and attention_mask.ndim != 2:
-        raise ValueError(f"attention_mask must be 2-D [batch, seq] of 0/1; got shape {tuple(attention_mask.shape)}")
-    if padded is None:
-        padded = attention_mask is not None and not bool(attention_mask.all())
-    no_padding = not padded
-    if no_padding and (past_len == 0 or q_len == 1):
-        return None
-    kv_len = past_len + q_len
-    device = attention_mask.device if attention_mask is not None else None
-    q_pos = torch.arange(past_len, kv_len, device=device)[:, None]  # [q, 1]
-    kv_pos = torch.arange(kv_len, device=device)[None, :]  # [1, kv]
-    mask = (kv_pos <= q_pos)[None, None]  # [1, 1, q, kv]
-    if attention_mask is not None:
-        mask = mask & attention_mask[:, None, None, -kv_len:].bool()
-    # A padding query would see no key at all (SDPA then returns NaN); let every query see itself.
-    return mask | (kv_pos == q_pos)[None, None]
-
-
 @dataclass
 class HizooModelOutput(MoeModelOutputWithPast):
     """``routing``: per-layer RoutingResult (None for dense layers); ``diagnostics``: per-layer dicts with the
@@ -285,9 +221,12 @@ class HizooModelOutput(MoeModelOutputWithPast):
 
 @dataclass
 class HizooCausalLMOutput(MoeCausalLMOutputWithPast):
-    """``aux_losses``: each named aux loss summed over layers (already scaled); ``aux_loss`` is their sum and
-    is included in ``loss``."""
+    """``ce_loss``: the next-token cross-entropy (transformers' causal-LM loss); ``aux_losses``: each named router
+    loss summed over layers (already scaled by its coefficient); ``aux_loss``: their sum. ``loss`` is ``ce_loss``
+    alone in evaluation (``exp(loss)`` is the perplexity) and ``ce_loss + aux_loss`` when training or when
+    ``output_router_logits=True`` (OLMoE's convention), see ``HizooForCausalLM.forward``."""
 
+    ce_loss: Tensor | None = None
     aux_losses: dict[str, Tensor] | None = None
     routing: tuple[RoutingResult | None, ...] | None = None
     diagnostics: tuple[dict, ...] | None = None
@@ -302,6 +241,7 @@ class HizooModel(HizooPreTrainedModel):
         self.expand = StreamExpansion(config)
         self.layers = nn.ModuleList(HizooBlock(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = HizooRotaryEmbedding(config)
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -311,6 +251,8 @@ class HizooModel(HizooPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value
 
+    @capture_outputs
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: Tensor | None = None,
@@ -319,17 +261,21 @@ class HizooModel(HizooPreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: Tensor | None = None,
         use_cache: bool | None = None,
-        output_hidden_states: bool | None = None,
+        output_hidden_states: bool | int | list[int] | None = None,
         output_diagnostics: bool = False,
-        past_key_values: Cache | None = None,
         labels: Tensor | None = None,
         **kwargs,
     ) -> HizooModelOutput:
-        """``labels`` are only checked here, with the other inputs in the same single device sync
-        (``models/inputs.py``); the loss is HizooForCausalLM's."""
+        """transformers' conventions: ``cache`` (the old name ``past_key_values`` still works, with transformers'
+        FutureWarning), ``return_dict=False`` for a tuple, ``output_attentions`` / ``output_hidden_states`` from the
+        keyword or else from the config; ``output_hidden_states`` may also select layers by index (an int or a
+        list, negative from the end), the others then None. ``attention_mask`` is 2-D [B, past + S] of 0/1, or a mask
+        already in the attention kernel's form (4-D or BlockMask). ``labels`` and the loss keywords
+        (``shift_labels``, ``ignore_index``, ``num_items_in_batch``) are only checked here, with the other inputs in
+        the same single device sync (``models/inputs.py``); the loss is HizooForCausalLM's."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        cache = cache if cache is not None else past_key_values
+        loss_kwargs = {k: kwargs.pop(k) for k in LOSS_KWARGS if k in kwargs}
         if use_cache is None:  # a training forward has no use for a KV cache
             use_cache = self.config.use_cache and not self.training
         if use_cache and cache is None and not (self.gradient_checkpointing and self.training):
@@ -337,45 +283,60 @@ class HizooModel(HizooPreTrainedModel):
         past_len = cache.get_seq_length() if cache is not None else 0
         padded = check_inputs(self.config, input_ids=input_ids, inputs_embeds=inputs_embeds,
                               attention_mask=attention_mask, position_ids=position_ids, labels=labels,
-                              past_len=past_len)
+                              past_len=past_len, **loss_kwargs)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         B, S, _ = inputs_embeds.shape
+        given_position_ids = position_ids
         if position_ids is None:
-            if attention_mask is not None:  # left padding: count real tokens only
+            if padded:  # left padding: count real tokens only (as generate does)
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -S:]
             else:
                 position_ids = torch.arange(past_len, past_len + S, device=inputs_embeds.device)[None].expand(B, S)
-        mask = build_attention_mask(attention_mask, S, past_len, padded)
-        cos, sin = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, inputs_embeds.dtype)
+        mask = causal_attention_mask(self.config, inputs_embeds, attention_mask, cache,
+                                     given_position_ids if attention_mask is None else None, padded)
+        position_embeddings = self.rotary_emb(inputs_embeds, position_ids)  # (cos, sin) [B, S, hd]
 
+        hidden_wanted = self._hidden_state_indices(output_hidden_states)
         streams = self.expand(inputs_embeds)  # [B, S, n, d]
         all_hidden, routing, diagnostics = [], [], []
-        for layer in self.layers:
-            if output_hidden_states:  # the residual entering each layer: Σ_s H_s (n = 1: the plain model's x)
+        for i, layer in enumerate(self.layers):
+            if i in hidden_wanted:  # the residual entering each layer: Σ_s H_s (n = 1: the plain model's x)
                 all_hidden.append(streams.sum(dim=-2))
-            streams, layer_routing, ctx = layer(streams, cos, sin, mask, cache=cache)
+            elif hidden_wanted:
+                all_hidden.append(None)
+            streams, layer_routing, ctx = layer(streams, position_embeddings, mask, cache=cache, **kwargs)
             routing.append(layer_routing)
             if output_diagnostics:
                 diagnostics.append({**ctx, "streams": streams})
         hidden = reduce_streams(streams, self.norm, self.config.stream_reduce)  # [B, S, d], what lm_head reads
-        if output_hidden_states:
-            all_hidden.append(hidden)
+        if hidden_wanted:
+            all_hidden.append(hidden if len(self.layers) in hidden_wanted else None)
         return HizooModelOutput(
             last_hidden_state=hidden,
             cache=cache if use_cache else None,
-            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            hidden_states=tuple(all_hidden) if hidden_wanted else None,
             router_logits=tuple(r.router_logits for r in routing if r is not None) or None,
             routing=tuple(routing),
             diagnostics=tuple(diagnostics) if output_diagnostics else None,
         )
 
+    def _hidden_state_indices(self, output_hidden_states) -> frozenset[int]:
+        """Which of the L + 1 hidden states to return: all for True, none for False, or the given index(es)."""
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        n = len(self.layers) + 1
+        if isinstance(output_hidden_states, bool):
+            return frozenset(range(n)) if output_hidden_states else frozenset()
+        selected = [output_hidden_states] if isinstance(output_hidden_states, int) else list(output_hidden_states)
+        if any(isinstance(i, bool) or not isinstance(i, int) or not -n <= i < n for i in selected):
+            raise ValueError(f"output_hidden_states={output_hidden_states!r} must be True, False, or indices in "
+                             f"[-{n}, {n}) of the {n} hidden states (embedding output and each layer's output)")
+        return frozenset(i % n for i in selected)
+
 
 class HizooForCausalLM(HizooPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
-    # The loss is a per-batch mean and ignores transformers' `num_items_in_batch`: this tells the HF Trainer to
-    # divide it by the accumulation steps itself (else gradients grow with gradient_accumulation_steps).
-    accepts_loss_kwargs = False
 
     def __init__(self, config: HizooConfig):
         super().__init__(config)
@@ -402,6 +363,8 @@ class HizooForCausalLM(HizooPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
 
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: Tensor | None = None,
@@ -411,26 +374,39 @@ class HizooForCausalLM(HizooPreTrainedModel, GenerationMixin):
         inputs_embeds: Tensor | None = None,
         labels: Tensor | None = None,
         use_cache: bool | None = None,
-        output_hidden_states: bool | None = None,
+        output_hidden_states: bool | int | list[int] | None = None,
         output_router_logits: bool | None = None,
         output_diagnostics: bool = False,
-        logits_to_keep: int = 0,
-        past_key_values: Cache | None = None,
+        logits_to_keep: int | Tensor = 0,
         **kwargs,
     ) -> HizooCausalLMOutput:
-        """``labels`` [B, S] are the input ids themselves (shifted here); -100 is ignored. ``loss`` = CE + aux_loss.
+        """Causal-LM forward with transformers' loss (``self.loss_function``, i.e. ``ForCausalLMLoss``).
+
+        ``labels`` [B, S] are the input ids themselves (shifted inside the loss); ``ignore_index`` (default -100)
+        marks positions that are not targets. ``shift_labels`` [B, S], already shifted (e.g. by sequence
+        parallelism), replace ``labels``. ``num_items_in_batch`` (passed by the HF Trainer) makes the CE a sum over
+        this batch divided by the target count of the whole accumulation window, so accumulated gradients equal
+        those of one large batch.
+
+        ``loss`` (OLMoE's convention): ``ce_loss`` alone in evaluation, so ``exp(loss)`` is the perplexity;
+        ``ce_loss + aux_loss`` when training or when ``output_router_logits`` (keyword, else the config) is True.
+        The router losses are per-batch means; with ``num_items_in_batch`` they enter with this batch's share of the
+        window's targets (its target count / ``num_items_in_batch``), so over the window they add up to the
+        token-weighted mean of the micro-batches' router losses, as a plain average over equal micro-batches would.
+        ``ce_loss``, ``aux_loss`` and ``aux_losses`` are always returned unweighted (never recompose ``loss``).
         Bad inputs raise ``ValueError`` (``models/inputs.py``), among them labels that leave no target token."""
-        if torch.is_tensor(labels) and logits_to_keep and logits_to_keep < labels.shape[-1]:
+        loss_kwargs = {k: kwargs.pop(k) for k in LOSS_KWARGS if k in kwargs}
+        shift_labels = loss_kwargs.get("shift_labels")
+        if labels is not None and not isinstance(logits_to_keep, Tensor) and logits_to_keep \
+                and torch.is_tensor(labels) and logits_to_keep < labels.shape[-1]:
             raise ValueError(f"labels need the logits of every position; got logits_to_keep={logits_to_keep} "
                              f"for labels of shape {tuple(labels.shape)} (pass logits_to_keep=0)")
         out = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            cache=cache if cache is not None else past_key_values, inputs_embeds=inputs_embeds,
-            use_cache=use_cache, output_hidden_states=output_hidden_states, output_diagnostics=output_diagnostics,
-            labels=labels,
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+            inputs_embeds=inputs_embeds, use_cache=use_cache, output_hidden_states=output_hidden_states,
+            output_diagnostics=output_diagnostics, labels=labels, return_dict=True, **loss_kwargs, **kwargs,
         )
-        hidden = out.last_hidden_state if not logits_to_keep else out.last_hidden_state[:, -logits_to_keep:]
-        logits = self.lm_head(hidden)  # [B, S, V]
+        logits = self.lm_head(slice_logits_to_keep(out.last_hidden_state, logits_to_keep))  # [B, S, V]
 
         aux_losses: dict[str, Tensor] = {}
         for r in out.routing:
@@ -438,23 +414,36 @@ class HizooForCausalLM(HizooPreTrainedModel, GenerationMixin):
                 aux_losses[name] = aux_losses[name] + value if name in aux_losses else value
         aux_loss = torch.stack(list(aux_losses.values())).sum() if aux_losses else None
 
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(logits.device), ignore_index=-100
-            )
-            if aux_loss is not None:
-                loss = loss + aux_loss
         output_router_logits = (
             output_router_logits if output_router_logits is not None else self.config.output_router_logits)
+        ce_loss = loss = None
+        if labels is not None or shift_labels is not None:
+            ce_loss = self.loss_function(logits, labels, self.config.vocab_size, **loss_kwargs)
+            loss = ce_loss
+            if aux_loss is not None and (self.training or output_router_logits):
+                loss = ce_loss + self._router_loss_share(labels, loss_kwargs) * aux_loss.to(ce_loss.device)
         return HizooCausalLMOutput(
             loss=loss,
+            ce_loss=ce_loss,
             aux_loss=aux_loss,
+            aux_losses=aux_losses or None,
             logits=logits,
             cache=out.cache,
             hidden_states=out.hidden_states,
+            attentions=out.attentions,
             router_logits=out.router_logits if output_router_logits else None,
-            aux_losses=aux_losses or None,
             routing=out.routing,
             diagnostics=out.diagnostics,
         )
+
+    @staticmethod
+    def _router_loss_share(labels: Tensor | None, loss_kwargs: dict) -> Tensor | float:
+        """1, or with ``num_items_in_batch`` this batch's targets over the window's (the Trainer counts them the same
+        way: ``shift_labels``, else ``labels[..., 1:]``, that are not ``ignore_index``)."""
+        num_items = loss_kwargs.get("num_items_in_batch")
+        if num_items is None:
+            return 1.0
+        targets = loss_kwargs.get("shift_labels")
+        targets = targets if targets is not None else labels[..., 1:]
+        local = (targets != loss_kwargs.get("ignore_index", IGNORE_INDEX)).sum()
+        return local / (num_items.to(local.device) if torch.is_tensor(num_items) else num_items)

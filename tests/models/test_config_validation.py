@@ -33,8 +33,10 @@ def test_unknown_field_is_rejected_naming_the_closest(typo, closest):
 def test_unknown_field_without_a_close_name_and_unsupported_transformers_options():
     with pytest.raises(ValueError, match=r"no field 'zzz_qqq'\. HizooConfig's fields are listed"):
         HizooConfig(zzz_qqq=1)
-    with pytest.raises(ValueError, match="'rope_scaling': hizoo's model does not implement"):
-        HizooConfig(rope_scaling={"rope_type": "linear", "factor": 2.0})
+    with pytest.raises(ValueError, match="'per_layer_config': hizoo's model does not implement"):
+        HizooConfig(per_layer_config=[{}])
+    # RoPE scaling is implemented: the legacy rope_scaling key is read as rope_parameters (tests/models/test_conventions.py)
+    assert HizooConfig(rope_scaling={"rope_type": "linear", "factor": 2.0}).rope_parameters["factor"] == 2.0
 
 
 def test_typo_in_a_config_json_is_rejected_on_load(tmp_path):

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from hizoo import HizooConfig, HizooForCausalLM, HizooModel
 from hizoo.models.inputs import check_inputs
-from hizoo.models.modeling import build_attention_mask
+from hizoo.models.attention import causal_attention_mask
 
 TINY = dict(vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             intermediate_size=96, max_position_embeddings=16, pad_token_id=0)
@@ -45,8 +45,10 @@ BAD = [  # (id, forward kwargs, fragments the message must contain)
     ("embeds 2-D", dict(inputs_embeds=_embeds(4, 64)), ["inputs_embeds must be [batch, seq, hidden_size=64]", "(4, 64)"]),
     ("embeds integer", dict(inputs_embeds=_embeds(1, 4, 64, dtype=torch.long)),
      ["inputs_embeds must be a floating-point tensor; got dtype torch.int64"]),
-    ("mask 4-D", dict(input_ids=IDS, attention_mask=torch.ones(1, 1, 4, 4)),
-     ["attention_mask must be 2-D [batch, seq] of 0/1; got shape (1, 1, 4, 4)"]),
+    ("mask 3-D", dict(input_ids=IDS, attention_mask=torch.ones(1, 4, 4)),
+     ["attention_mask must be 2-D [batch, seq] of 0/1; got shape (1, 4, 4)"]),
+    ("prepared 4-D mask of another length", dict(input_ids=IDS, attention_mask=torch.ones(1, 1, 3, 4)),
+     ["a prepared 4-D attention_mask must be [batch=1, heads, seq=4, keys]; got shape (1, 1, 3, 4)"]),
     ("mask too short", dict(input_ids=IDS, attention_mask=torch.ones(1, 3)),
      ["attention_mask must have shape [batch=1, seq 4 = 4]", "got shape (1, 3)"]),
     ("mask other batch", dict(input_ids=IDS, attention_mask=torch.ones(2, 4)),
@@ -162,12 +164,16 @@ def test_value_checks_cost_one_host_sync(monkeypatch):
     assert check_inputs(config, **{**kwargs, "attention_mask": torch.ones(1, 4, dtype=torch.bool)}) is False
     assert counter.calls == ["tolist"]
     counter.calls.clear()
-    build_attention_mask(kwargs["attention_mask"], 4, 0, padded=True)  # told by check_inputs: no second sync
-    assert counter.calls == []
+    embeds = torch.zeros(1, 4, TINY["hidden_size"])
+    for padded, mask in ((True, kwargs["attention_mask"]), (False, torch.ones(1, 4, dtype=torch.long))):
+        causal_attention_mask(config, embeds, mask, None, padded=padded)  # told by check_inputs: no second sync
+        assert counter.calls == [], padded
 
 
-def test_the_hf_trainer_scales_the_loss_for_gradient_accumulation(model):
-    """transformers' Trainer passes `num_items_in_batch` to a forward with **kwargs and then skips its own division
-    by the accumulation steps, unless the model says `accepts_loss_kwargs = False` (Trainer.__init__ reads the
-    attribute before looking at the signature). hizoo's loss is a per-batch mean, so it must say so."""
-    assert model.accepts_loss_kwargs is False
+def test_a_padded_forward_syncs_once(monkeypatch, model):
+    """The whole forward of a dense model with left padding: the one sync of the value checks, none in the mask."""
+    ids, mask = torch.tensor([[0, 0, 5, 6], [3, 4, 5, 6]]), torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    counter = _SyncCounter(monkeypatch)
+    with torch.no_grad():
+        model(ids, attention_mask=mask, use_cache=False)
+    assert counter.calls == ["tolist"]

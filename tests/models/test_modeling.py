@@ -151,7 +151,9 @@ def test_bad_attention_mask_shape_raises():
     model = _model()
     ids = torch.randint(1, 97, (1, 4))
     with pytest.raises(ValueError, match="attention_mask must be 2-D"):
-        model(ids, attention_mask=torch.ones(1, 1, 4, 4))
+        model(ids, attention_mask=torch.ones(1, 4, 4))
+    with pytest.raises(ValueError, match=r"prepared 4-D attention_mask must be \[batch=1, heads, seq=4, keys\]"):
+        model(ids, attention_mask=torch.ones(1, 1, 3, 4, dtype=torch.bool))
 
 
 def test_training_forward_builds_no_cache():

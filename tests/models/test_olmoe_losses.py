@@ -31,7 +31,7 @@ def test_one_layer_load_balance_and_loss_equal_transformers(norm_topk_prob):
     ids = torch.randint(0, 96, (3, 17))
     with torch.no_grad():
         ref = olmoe(ids, labels=ids, output_router_logits=True)
-        got = ours(ids, labels=ids)
+        got = ours(ids, labels=ids, output_router_logits=True)  # as in transformers: requested, or training
     assert ref.aux_loss > 3.0  # Σ f = K = 3: the balanced value is K, not 1 (the normalization under test)
     torch.testing.assert_close(got.aux_losses["load_balance"], 0.02 * ref.aux_loss, atol=1e-6, rtol=1e-5)
     assert set(got.aux_losses) == {"load_balance"}
