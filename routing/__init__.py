@@ -6,7 +6,7 @@ from .group_limited import GroupLimitedRouter
 from .himoe import HiMoERouter
 from .topk import TopKRouter
 
-ROUTER_NAMES = ("topk", "group_limited", "himoe")
+ROUTER_NAMES = ("topk", "group_limited", "himoe")  # the allowed values of HizooConfig.router
 
 
 def build_router(config) -> Router:

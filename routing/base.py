@@ -37,6 +37,7 @@ def in_backward_recompute() -> bool:
     return current is not None and current() != -1
 
 
+# The allowed values of the capacity options (HizooConfig's FIELD_CHOICES lists these same tuples)
 CAPACITY_RULES = ("reference", "ceil")
 CAPACITY_PRIORITIES = ("slot", "token")
 

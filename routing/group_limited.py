@@ -8,7 +8,8 @@ from torch import Tensor
 from transformers import initialization as init
 
 from .base import Router, RoutingResult, in_backward_recompute
-from .losses import expert_counts, sequence_balance_loss
+from .losses import sequence_balance_loss
+from .stats import expert_counts
 
 
 class GroupLimitedRouter(Router):
@@ -79,7 +80,7 @@ class GroupLimitedRouter(Router):
         weight = scores.gather(1, expert_idx)  # [T, K]
         weight = weight / weight.sum(dim=-1, keepdim=True) * self.routed_scaling_factor  # Eq. 13
         if self.training and not in_backward_recompute():
-            self.step_load += expert_counts(expert_idx, self.num_experts)
+            self.step_load += expert_counts(expert_idx, self.num_experts).float()
         aux = {}
         if self.seq_aux_loss_coef > 0:
             if seq_len is None:

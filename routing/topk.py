@@ -8,7 +8,8 @@ from torch import Tensor
 from transformers import initialization as init
 
 from .base import Router, RoutingResult, in_backward_recompute
-from .losses import expert_counts, switch_load_balance_loss, z_loss
+from .losses import switch_load_balance_loss, z_loss
+from .stats import expert_counts
 
 
 class TopKRouter(Router):
@@ -55,7 +56,7 @@ class TopKRouter(Router):
         if not (self.global_balance and self.training):
             return None
         if not in_backward_recompute():
-            counts = expert_counts(expert_idx, self.num_experts)  # [E]
+            counts = expert_counts(expert_idx, self.num_experts).float()  # [E]
             if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
                 dist.all_reduce(counts)
             self.global_counts += counts
