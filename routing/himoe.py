@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from transformers import initialization as init
 
-from .base import Router, RoutingResult, in_backward_recompute
+from .base import Router, RoutingResult
 from .losses import switch_load_balance_loss, z_loss
 
 _EPS = 1e-10
@@ -127,7 +127,7 @@ class HiMoERouter(Router):
 
     def forward(self, x: Tensor, seq_len: int | None = None) -> RoutingResult:
         logits = self.logits(x)  # [T, E] fp32  g
-        if self.training and not in_backward_recompute():
+        if self.training and not self.recomputing:
             with torch.no_grad():  # Eq. 3, before use (a checkpoint recompute reuses the updated ḡ)
                 self.logit_ema.mul_(self.ema_beta).add_(logits.mean(dim=0), alpha=1.0 - self.ema_beta)
         corrected = (logits - self.tau * self.logit_ema) / self.temperature  # [T, E]  ĝ, Eq. 4
