@@ -139,9 +139,9 @@ if __name__ == "__main__":
     values = torch.stack([measure(combinations()[name]) for name in names])
     torch.save({"names": names, "values": values}, NUMBERS)
     layouts = state_dict_layouts()  # one entry per line: reviewable in a diff
-    KEYS.write_text("{\n" + ",\n".join(
-        f"  {json.dumps(name)}: [" + ",".join(f"\n    {json.dumps(entry)}" for entry in layout) + ("\n  ]" if layout else "]")
-        for name, layout in layouts.items()) + "\n}\n", encoding="utf-8")
+    entries = {name: ",".join(f"\n    {json.dumps(entry)}" for entry in layout) for name, layout in layouts.items()}
+    KEYS.write_text("{\n" + ",\n".join(f"  {json.dumps(name)}: [{text}" + ("\n  ]" if text else "]")
+                                        for name, text in entries.items()) + "\n}\n", encoding="utf-8")
     assert json.loads(KEYS.read_text(encoding="utf-8")) == layouts
     print(f"{len(names)} combinations -> {NUMBERS} ({NUMBERS.stat().st_size} bytes), {KEYS} ({KEYS.stat().st_size} "
           f"bytes)")
