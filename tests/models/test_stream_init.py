@@ -44,22 +44,33 @@ def test_rotate_keeps_norms_and_split_sums_to_the_embedding():
     assert not torch.allclose(split[..., 0, :], split[..., 1, :])
 
 
-@pytest.mark.parametrize("residual", ["hc", "mhc"])
+@pytest.mark.parametrize("residual", ["hc", "mhc", "mhc_lite"])
 @pytest.mark.parametrize("stream_init", ("copy",) + SYMMETRY_BREAKING)
 def test_only_copy_keeps_streams_interchangeable_at_init(residual, stream_init):
-    """Permuting the streams entering block 1 changes the output unless every stream is the same (copy)."""
+    """The streams entering block 1 are all the same exactly when HC starts from copy (A_r = I and B = 1 write the
+    branch output into every stream alike), and then permuting them changes nothing. Every symmetry-breaking init
+    makes them differ, and so does mHC even from copy: its write gate H_post = 2σ(±1) gives the starting stream
+    2σ(1) ≈ 1.46 of the branch output and the others 2σ(−1) ≈ 0.54. Streams that differ are not interchangeable:
+    permuting them changes the logits."""
     model = _model(residual=residual, n_streams=4, stream_init=stream_init, hc_dynamic=True)
     ids = _ids()
+    entering = []
+
+    def permute(module, args):
+        entering.append(args[0])  # [B, S, 4, d]
+        return (args[0][..., [1, 2, 3, 0], :], *args[1:])
+
     with torch.no_grad():
         ref = model(ids).logits
-        hook = model.model.layers[1].register_forward_pre_hook(
-            lambda module, args: (args[0][..., [1, 2, 3, 0], :], *args[1:]))
+        hook = model.model.layers[1].register_forward_pre_hook(permute)
         permuted = model(ids).logits
         hook.remove()
+    streams = entering[0]
+    same = torch.equal(streams, streams[..., :1, :].expand_as(streams))
     if stream_init == "copy" and residual == "hc":
-        assert torch.equal(permuted, ref)
-    elif stream_init != "copy":
-        assert not torch.allclose(permuted, ref, atol=1e-4)
+        assert same and torch.equal(permuted, ref)
+    else:
+        assert not same and not torch.allclose(permuted, ref, atol=1e-4)
 
 
 def test_perturb_perturbs_the_connections():
