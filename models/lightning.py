@@ -203,6 +203,8 @@ class HizooLightningModule(L.LightningModule):
         ce = self.trainer.callback_metrics.get("val/ce")
         if ce is not None:
             self.log("val/ppl", torch.exp(ce), prog_bar=True, sync_dist=True)
+        if self.trainer.state.fn == "validate" and self.checkpoint_step is not None:
+            self.log("step", float(self.checkpoint_step))  # a checkpoint's validation at its step in TensorBoard
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         ids = batch["input_ids"]
