@@ -95,12 +95,12 @@ class HizooLightningModule(L.LightningModule):
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None,
-                             weights_only: bool = True, **kwargs):
+                             weights_only: bool | None = True, **kwargs):
         """Lightning's ``load_from_checkpoint`` with hizoo's safe loads: the file is read with
         ``torch.load(weights_only=True)`` only (``weights_only=False`` is refused), and a missing, truncated or
         foreign file raises an error that names it. The module holds the checkpoint's model (every expert, whatever
         the run's expert parallelism) with its weights; ``kwargs`` override saved hyperparameters as in Lightning."""
-        if weights_only is not True:
+        if weights_only is False:  # None (Lightning's "default") and True load safely
             raise ValueError(f"weights_only={weights_only!r} is refused: hizoo checkpoints hold only tensors and "
                              "plain data, and an unsafe load could run code from the file")
         path = Path(checkpoint_path)
