@@ -3,6 +3,8 @@
     python train.py                                   # configs/quickstart.yaml
     python train.py fit --config configs/X.yaml       # any config; every LightningCLI override works
     python train.py fit --config configs/X.yaml --ckpt_path last    # continue the run after a stop or crash
+    python train.py test --config configs/X.yaml --ckpt_path last   # test/loss, test/ppl (with data.test_fraction)
+    python train.py predict --config configs/X.yaml --ckpt_path last --data.predict_prompts prompts.txt
 
 A run is one folder, ``trainer.default_root_dir`` (``runs/<config>``): TensorBoard logs, ``config.yaml``,
 ``checkpoints/last.ckpt`` and, at the end of ``fit``, the model exported as a Hugging Face directory
