@@ -3,6 +3,8 @@
     python train.py                                   # configs/quickstart.yaml
     python train.py fit --config configs/X.yaml       # any config; every LightningCLI override works
     python train.py fit --config configs/X.yaml --ckpt_path last    # continue the run after a stop or crash
+    python train.py test --config configs/X.yaml --ckpt_path last   # test/loss, test/ppl (with data.test_fraction)
+    python train.py predict --config configs/X.yaml --ckpt_path last --data.predict_prompts prompts.txt
 
 Installed from a wheel (no checkout), ``python -m hizoo.train`` and the ``hizoo-train`` command are the
 same program: the configs ship inside the package, and ``--config`` names one by its preset name (``--config

@@ -1,6 +1,6 @@
 """Per-token metrics of the residual mixing M (HC's A_r, mHC's H_res): pure functions, fp64.
 
-Layout as in the connection ctx (models/hyper_connections.py): ``mix[..., i, j]`` is the weight of input stream
+Layout as in the connection ctx (models/stream_connection.py): ``mix[..., i, j]`` is the weight of input stream
 i in output stream j, i.e. the transpose of the mHC paper's H_res[out, in]. The two axes:
 
 - column sums  c_j = Σ_i M[i, j]: the total weight output stream j receives. These are the "column sums" of the

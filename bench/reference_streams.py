@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from hizoo import HizooConfig
-from hizoo.models.hyper_connections import ResidualStreams
+from hizoo.models.hyper_connections import ResidualStreams, residual_streams
 from hizoo.models.modeling import RMSNorm
 from hizoo.models.sinkhorn import sinkhorn_log
 from hizoo.models.stream_init import StreamExpansion, reduce_streams
@@ -55,7 +55,7 @@ def randomize(module: torch.nn.Module, generator: torch.Generator) -> None:
 
 
 def copy_into_hizoo(kind: str, official, ours: ResidualStreams, n: int) -> None:
-    """The official parameters in hizoo's layout (hyper_connections.REFERENCE_DECAYED lists the same mapping)."""
+    """The official parameters in hizoo's layout (the classes' ``reference_decayed`` follow the same mapping)."""
     with torch.no_grad():
         alpha = official.static_alpha
         if kind.startswith("hc"):
@@ -98,7 +98,7 @@ def compare_connection(kind: str, ref, n: int, d: int, seed: int) -> dict[str, f
     residual = "hc" if kind.startswith("hc") else kind
     config = HizooConfig(vocab_size=8, hidden_size=d, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8,
                          residual=residual, n_streams=n, hc_dynamic=kind == "hc", stream_start="cyclic")
-    ours = ResidualStreams(config, 0, "attn")
+    ours = residual_streams(config, 0, "attn")
     copy_into_hizoo(kind, official, ours, n)
 
     streams = torch.randn(2, 5, n, d, generator=g)  # [B, S, n, d]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import lightning as L
@@ -9,6 +10,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .corpus import Document, check_max_files, file_documents, hub_documents, stdlib_documents
+from .prompts import read_prompts
+from .shards import is_prepared
 from .tokenizer import check_vocab_size, train_or_load_tokenizer
 from . import scale
 
@@ -95,7 +98,12 @@ class HizooDataModule(L.LightningDataModule):
     """Documents -> byte-level BPE tokens -> packed sequences of ``seq_len`` tokens with per-token domain ids.
 
     Every ``val_every``-th document (in corpus order) is held out for validation; the tokenizer is trained on
-    the training documents only. Documents are joined with the end-of-text token and cut into sequences of
+    the training documents only. With ``test_fraction`` > 0 that fraction of the held-out documents (evenly
+    spread: held-out document j, counted from 0, is a test document when ⌊(j+1)·f⌋ > ⌊j·f⌋) forms the test split
+    and the rest stays validation: the training documents, the tokenizer and the training order are the same
+    whatever ``test_fraction``, only the validation split shrinks. It is 0 by default so that existing runs keep
+    their validation split; a run that is to report a test number trains with it, and ``test`` refuses a
+    checkpoint whose run had another ``test_fraction`` (its validation documents would be tested on). Documents are joined with the end-of-text token and cut into sequences of
     ``seq_len`` tokens. The training order is a permutation drawn from ``seed`` and the epoch, dealt to the
     data-parallel ranks; the loader's position is saved in every checkpoint, so a resumed run (DDP included)
     continues that order with the next unseen batch. A resumed run must read the same data the same way:
@@ -123,6 +131,10 @@ class HizooDataModule(L.LightningDataModule):
         streaming: read "hf:NAME" or one jsonl/json/parquet file as a stream, tokenized and packed on the fly
             (data/streaming.py; needs ``tokenizer``).
         val_sequences: with streaming, the validation set is the first val_sequences held-out sequences.
+        test_fraction: the fraction of the held-out documents that forms the test split, in [0, 1) (see above;
+            in-memory corpora only).
+        predict_prompts: the prompts file of ``predict`` (data/prompts.py: .txt, one prompt per line, or .jsonl).
+        prompt_field: the field of a .jsonl prompts file that holds the prompt.
 
     At scale (data/scale.py): ``source`` may also be a folder written by ``python -m hizoo.data.prepare``, read
     through ``np.memmap``; its tokenizer and split are the folder's.
@@ -132,9 +144,12 @@ class HizooDataModule(L.LightningDataModule):
                  seq_len: int = 256, batch_size: int = 8, val_every: int = 20, seed: int = 0,
                  cache_dir: str = "runs/cache", num_workers: int = 0, text_field: str = "text",
                  skip_bad_files: bool = False, tokenizer: str | None = None, weights: dict[str, float] | None = None,
-                 streaming: bool = False, val_sequences: int = 512):
+                 streaming: bool = False, val_sequences: int = 512, test_fraction: float = 0.0,
+                 predict_prompts: str | None = None, prompt_field: str = "prompt"):
         super().__init__()
         scale.check_arguments(source, tokenizer, weights, streaming, val_sequences)
+        _check_test_and_predict(source, streaming, test_fraction, predict_prompts, prompt_field)
+        self.test_fraction, self.predict_prompts, self.prompt_field = float(test_fraction), predict_prompts, prompt_field
         self.tokenizer_name, self.weights, self.streaming, self.val_sequences = tokenizer, weights, streaming, val_sequences
         _check_source(source)
         check_max_files(max_files)
@@ -166,21 +181,28 @@ class HizooDataModule(L.LightningDataModule):
                               max_files=self.max_files)
 
     def setup(self, stage: str | None = None) -> None:
+        if stage == "predict":
+            self.prompts = read_prompts(self.predict_prompts, self.prompt_field)  # before the corpus: fail fast
         if self.tokenizer is not None:
             return
         if scale.setup(self):  # a prepared folder or a stream
             return
         docs = self._documents()
         self.domain_names = sorted({d.domain for d in docs})
-        val_docs = docs[self.val_every - 1:: self.val_every]
+        held_out = docs[self.val_every - 1:: self.val_every]
         train_docs = [d for i, d in enumerate(docs) if (i + 1) % self.val_every]
+        val_docs, test_docs = split_held_out(held_out, self.test_fraction)
         if not val_docs or not train_docs:
             raise ValueError(f"the corpus has {len(docs)} document(s); with every val_every={self.val_every}-th held "
                              f"out for validation, the {'validation' if not val_docs else 'train'} split is empty")
+        if self.test_fraction and not test_docs:
+            raise ValueError(f"test_fraction={self.test_fraction}: the {len(held_out)} held-out document(s) give no "
+                             "test document; raise test_fraction or hold out more (lower val_every)")
         self.tokenizer = (scale.load_tokenizer(self.tokenizer_name) if self.tokenizer_name else
                           train_or_load_tokenizer([d.text for d in train_docs], self.vocab_size, self.cache_dir))
         self.train_set = self._pack(train_docs, "train")
         self.val_set = self._pack(val_docs, "validation")
+        self.test_set = self._pack(test_docs, "test") if test_docs else None
         if len(self.train_set) < self.batch_size:
             raise ValueError(f"the train split has {len(self.train_set)} sequences of seq_len={self.seq_len} tokens, "
                              f"fewer than batch_size={self.batch_size}: not one training batch")
@@ -218,9 +240,34 @@ class HizooDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers)
 
+    def test_dataloader(self) -> DataLoader:
+        if getattr(self, "test_set", None) is None:
+            raise ValueError(f"test_fraction={self.test_fraction}: this data module has no test split. Train the run "
+                             "with --data.test_fraction F (e.g. 0.5: half of the held-out documents become the test "
+                             "split, the rest validation) and test it with the same value")
+        return DataLoader(self.test_set, batch_size=self.batch_size, num_workers=self.num_workers)
+
+    def predict_dataloader(self) -> DataLoader:
+        """One prompt per batch, ``{"index", "prompt", "input_ids" [1, P]}``, in file order (the tokenizer's
+        encoding of the prompt, as ``tokenizer(prompt)`` gives it)."""
+        if getattr(self, "prompts", None) is None:
+            self.prompts = read_prompts(self.predict_prompts, self.prompt_field)
+        items = []
+        for index, prompt in enumerate(self.prompts):
+            ids = self.tokenizer(prompt)["input_ids"]
+            if not ids:
+                raise ValueError(f"prompt {index} ({prompt!r}) of {self.predict_prompts} encodes to no tokens")
+            items.append({"index": index, "prompt": prompt, "input_ids": torch.tensor([ids])})
+        return DataLoader(items, batch_size=None)  # items as they are: a batch of one prompt
+
     # Lightning saves these with every checkpoint and hands them back on resume, before the first batch.
     _RESUME_FIELDS = ("source", "max_files", "vocab_size", "seq_len", "batch_size", "val_every", "seed", "text_field",
-                      "skip_bad_files", "tokenizer", "weights", "streaming", "val_sequences")
+                      "skip_bad_files", "tokenizer", "weights", "streaming", "val_sequences", "test_fraction")
+    # What decides the documents of each split and the tokenizer: validate/test/predict with a checkpoint must
+    # read its run's splits (a test split that held its run's validation documents would not be held out).
+    _SPLIT_FIELDS = ("source", "max_files", "vocab_size", "val_every", "text_field", "skip_bad_files", "tokenizer",
+                     "streaming", "test_fraction")
+    _DEFAULTS = {"test_fraction": 0.0}  # fields checkpoints of earlier versions lack, with the value they ran with
 
     def state_dict(self) -> dict:
         source = self.source if isinstance(self.source, str) else list(self.source)
@@ -228,13 +275,21 @@ class HizooDataModule(L.LightningDataModule):
         return state | {"source": source, "tokenizer": self.tokenizer_name}
 
     def load_state_dict(self, state: dict) -> None:
-        now = self.state_dict()
+        now, state = self.state_dict(), {**self._DEFAULTS, **state}
+        fitting = self.trainer is None or self.trainer.state.fn in (None, "fit")
+        fields = self._RESUME_FIELDS if fitting else self._SPLIT_FIELDS
         changed = [f"data.{name}: {state[name]!r} in the checkpoint, {now[name]!r} now"
-                   for name in self._RESUME_FIELDS if name in state and state[name] != now[name]]
-        if changed:
+                   for name in fields if name in state and state[name] != now[name]]
+        if changed and fitting:
             raise ValueError("resuming with data settings that differ from the checkpoint's run: "
                              + "; ".join(changed) + ". A resumed run continues the same run: drop these overrides, "
                              "or start a new run in another folder (--trainer.default_root_dir)")
+        if changed:
+            stage = getattr(self.trainer.state.fn, "value", self.trainer.state.fn)
+            raise ValueError(f"{stage} with data settings that differ from the checkpoint's run: "
+                             + "; ".join(changed) + ". The splits (and the tokenizer) must be the run's own, or the "
+                             "held-out documents are not the ones it never trained or validated on: use the run's "
+                             "data settings")
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
         scale.mark_consumed(self)  # a training step received a batch: the resumable loader's position advances
@@ -253,3 +308,28 @@ def _check_source(source) -> None:
         raise ValueError(f"source={source!r}: 'hf:' must be followed by a data set name, e.g. 'hf:wikitext'")
     if len(entries) > 1 and any(str(e) == "stdlib" or str(e).startswith("hf:") for e in entries):
         raise ValueError(f"source={source!r}: 'stdlib' and 'hf:NAME' are whole corpora and cannot be listed with files")
+
+
+def split_held_out(held_out: list, test_fraction: float) -> tuple[list, list]:
+    """(validation, test) documents of the held-out ones: held-out document j is a test document when
+    ⌊(j+1)·f⌋ > ⌊j·f⌋, which spreads ⌊n·f⌋ of n test documents evenly (f = 0.5: the 2nd, 4th, ...)."""
+    val, test = [], []
+    for j, doc in enumerate(held_out):
+        (test if math.floor((j + 1) * test_fraction) > math.floor(j * test_fraction) else val).append(doc)
+    return val, test
+
+
+def _check_test_and_predict(source, streaming, test_fraction, predict_prompts, prompt_field) -> None:
+    """Construction-time checks of the test split and the prompts file settings (the file is read by predict)."""
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) \
+            or not math.isfinite(test_fraction) or not 0 <= test_fraction < 1:
+        raise ValueError(f"test_fraction={test_fraction!r} must be a number in [0, 1): the fraction of the held-out "
+                         "documents that forms the test split (0: no test split)")
+    if test_fraction and (streaming or is_prepared(source)):
+        raise ValueError(f"test_fraction={test_fraction!r}: a test split is carved from the held-out documents of an "
+                         "in-memory corpus; a stream or a prepared folder has no test split (set test_fraction=0)")
+    if predict_prompts is not None and (not isinstance(predict_prompts, (str, Path)) or not str(predict_prompts).strip()):
+        raise ValueError(f"predict_prompts={predict_prompts!r} must be the path of a prompts file (.txt or .jsonl) "
+                         "or null")
+    if not isinstance(prompt_field, str) or not prompt_field:
+        raise ValueError(f"prompt_field={prompt_field!r} must be a non-empty string (the prompt's field in .jsonl)")

@@ -1,5 +1,6 @@
 """HizooLightningModule: HizooForCausalLM trained with CE + the routers' aux losses, AdamW, warm-up + cosine;
-router state updated once per optimizer step; throughput and MFU over the step's own compute time."""
+router state updated once per optimizer step; throughput and MFU over the step's own compute time; test loss and
+perplexity on a held-out split; predict = generation from prompts."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from .config_fields import HizooConfigFields, model_config_dict
 from .configuration import HizooConfig
 from .expert_parallel import ExpertParallel, expert_parallel_for_lightning
 from .files import load_torch_file
+from .generation import GenerationSettings, generate_completion
 from .modeling import HizooForCausalLM
 from .moe import update_router_states
 from .weight_decay import WEIGHT_DECAY_RULES, parameter_groups
@@ -26,7 +28,14 @@ class HizooLightningModule(L.LightningModule):
     parameter whose counterpart in the official codes is ≥ 2-D, their nanoGPT rule (weight matrices, embeddings,
     HC/mHC static logits and projections, LSS scales, Hi-MoE expert scales); "matrices" only ≥ 2-D parameters
     outside the residual-stream connections and the stream expansion. The hyperparameters store the complete
-    HizooConfig field dict, so a checkpoint rebuilds the same model even if a default changes later.
+    HizooConfig field dict, so a checkpoint rebuilds the same model even if a default changes later; the vocabulary
+    size taken from the data module's tokenizer is written into them too, so
+    ``HizooLightningModule.load_from_checkpoint(path)`` rebuilds the trained model from the checkpoint alone.
+
+    Beyond ``fit``: ``test`` logs ``test/loss`` (the mean token cross-entropy over the test split, as ``val/ce``)
+    and ``test/ppl`` = exp(test/loss); ``predict`` generates a completion for each prompt of the data module's
+    prompts file with the settings in ``self.generation`` (models/generation.py; ``--generation.*`` on the
+    command line) and returns one dict per prompt.
 
     Args:
         model_config: HizooConfig's fields: a HizooConfigFields (LightningCLI builds it from
@@ -81,6 +90,31 @@ class HizooLightningModule(L.LightningModule):
         self.model: HizooForCausalLM | None = None
         self.expert_parallel: ExpertParallel | None = None
         self._window = StepTimer()
+        self.generation = GenerationSettings()  # what predict_step generates with (not a hyperparameter)
+        self.checkpoint_step: int | None = None  # optimizer step of the checkpoint loaded last, if any
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None,
+                             weights_only: bool | None = True, **kwargs):
+        """Lightning's ``load_from_checkpoint`` with hizoo's safe loads: the file is read with
+        ``torch.load(weights_only=True)`` only (``weights_only=False`` is refused), and a missing, truncated or
+        foreign file raises an error that names it. The module holds the checkpoint's model (every expert, whatever
+        the run's expert parallelism) with its weights; ``kwargs`` override saved hyperparameters as in Lightning."""
+        if weights_only is False:  # None (Lightning's "default") and True load safely
+            raise ValueError(f"weights_only={weights_only!r} is refused: hizoo checkpoints hold only tensors and "
+                             "plain data, and an unsafe load could run code from the file")
+        path = Path(checkpoint_path)
+        try:  # a cheap look (mmap: no tensor is read) so that a bad file gets load_torch_file's named error
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:
+            checkpoint = load_torch_file(path, "checkpoint")
+        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hizoo_config" not in checkpoint:
+            raise ValueError(f"checkpoint {path} has no 'hizoo_config'/'state_dict': not written by "
+                             f"{cls.__name__}")
+        del checkpoint
+        load = super(HizooLightningModule, cls).load_from_checkpoint
+        return load(path, map_location=map_location, hparams_file=hparams_file, strict=strict, weights_only=True,
+                    **kwargs)
 
     def configure_model(self) -> None:
         if self.model is not None:
@@ -90,8 +124,17 @@ class HizooLightningModule(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None and getattr(datamodule, "tokenizer", None) is not None:
             fields["vocab_size"] = len(datamodule.tokenizer)
+            self._record_vocab_size(fields["vocab_size"])
         self.model = HizooForCausalLM(HizooConfig(**fields))
         self._shard_experts()
+
+    def _record_vocab_size(self, vocab_size: int) -> None:
+        """The model's vocabulary size in the hyperparameters (saved with every checkpoint and in hparams.yaml), so
+        that ``load_from_checkpoint`` builds the same model without the data module."""
+        initial = getattr(self, "_hparams_initial", None) or {}  # what the logger writes to hparams.yaml
+        for fields in (self.model_config, self.hparams.get("model_config"), initial.get("model_config")):
+            if isinstance(fields, dict):
+                fields["vocab_size"] = vocab_size
 
     def _shard_experts(self) -> None:
         """Expert parallelism applies under a Trainer (its DDP strategy, before DDP wraps the module); a module
@@ -160,6 +203,35 @@ class HizooLightningModule(L.LightningModule):
         ce = self.trainer.callback_metrics.get("val/ce")
         if ce is not None:
             self.log("val/ppl", torch.exp(ce), prog_bar=True, sync_dist=True)
+        if self.trainer.state.fn == "validate" and self.checkpoint_step is not None:
+            self.log("step", float(self.checkpoint_step))  # a checkpoint's validation at its step in TensorBoard
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        ids = batch["input_ids"]
+        out = self.model(ids, labels=ids)
+        # the mean over batches weighted by their sequences = the mean over tokens (every sequence has seq_len)
+        self.log("test/loss", out.ce_loss, sync_dist=True, batch_size=ids.shape[0])
+
+    def on_test_epoch_end(self) -> None:
+        loss = self.trainer.callback_metrics.get("test/loss")
+        if loss is not None:
+            self.log("test/ppl", torch.exp(loss), sync_dist=True)
+        if self.checkpoint_step is not None:  # TensorBoard shows the test numbers at the tested step
+            self.log("step", float(self.checkpoint_step))
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """One prompt (the data module's predict batch) -> ``{"index", "prompt", "completion", "prompt_ids",
+        "completion_ids", "finish_reason"}``."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        tokenizer = getattr(datamodule, "tokenizer", None)
+        if tokenizer is None:
+            raise ValueError("predict needs the data module (HizooDataModule with predict_prompts): its tokenizer "
+                             "encodes the prompts and decodes the completions")
+        index, ids = int(batch["index"]), batch["input_ids"]
+        completion = generate_completion(self.model, tokenizer, ids, self.generation, index=index)
+        return {"index": index, "prompt": batch["prompt"], "completion": completion["completion"],
+                "prompt_ids": ids[0].tolist(), "completion_ids": completion["completion_ids"],
+                "finish_reason": completion["finish_reason"]}
 
     def configure_optimizers(self):
         groups = parameter_groups(self.model, self.hparams.weight_decay, self.hparams.weight_decay_rule)
@@ -192,15 +264,33 @@ class HizooLightningModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """A resumed run continues the checkpoint's run: its model and optimizer settings must be this run's.
         Lightning would otherwise mix them silently (weights, the optimizer's lr/betas/weight decay and the
-        router state come from the checkpoint; loss coefficients and the schedule from the command line)."""
-        changed = _settings_changed(checkpoint, dict(self.hparams), self.model.config.to_dict() if self.model else None)
-        if changed:
-            path = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
+        router state come from the checkpoint; loss coefficients and the schedule from the command line).
+        Evaluating a checkpoint (validate, test, predict, ``load_from_checkpoint``) needs only the same model."""
+        self.checkpoint_step = checkpoint.get("global_step")
+        saved_config = checkpoint.get("hizoo_config") or {}
+        if self._trainer is None and self.model is not None and "vocab_size" in saved_config \
+                and self.model.config.vocab_size != saved_config["vocab_size"]:
+            # load_from_checkpoint of a checkpoint written before the vocabulary size was saved in the
+            # hyperparameters: the checkpoint's model config has the tokenizer's size
+            self._record_vocab_size(saved_config["vocab_size"])
+            self.model = HizooForCausalLM(HizooConfig(**{**self.model_config, "vocab_size": saved_config["vocab_size"]}))
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        current = self.model.config.to_dict() if self.model else None
+        if fitting:
+            changed = _settings_changed(checkpoint, dict(self.hparams), current)
+        else:  # the module's own arguments (lr, ...) do not change what a trained model computes
+            changed = _settings_changed({"hizoo_config": checkpoint.get("hizoo_config")}, {}, current)
+        if not changed:
+            return
+        path = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
+        listed = "; ".join(f"{name}: {old!r} in the checkpoint, {new!r} now" for name, old, new in changed)
+        if fitting:
             raise ValueError(
                 f"resuming from {path or 'the checkpoint'} with settings that differ from the checkpoint's run: "
-                + "; ".join(f"{name}: {old!r} in the checkpoint, {new!r} now" for name, old, new in changed)
-                + ". A resumed run continues the same run: drop these overrides, or start a new run in another "
-                "folder (--trainer.default_root_dir)")
+                + listed + ". A resumed run continues the same run: drop these overrides, or start a new run in "
+                "another folder (--trainer.default_root_dir)")
+        raise ValueError(f"the checkpoint {path or ''} holds another model than this module builds: {listed}. "
+                         "Evaluate a checkpoint with its own model settings")
 
 
 def _check_number(name: str, value, low: float, high: float | None = None, low_open: bool = False,

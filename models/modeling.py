@@ -32,7 +32,7 @@ from ..routing import Router, RoutingResult, recompute_aware
 from .attention import Attention, RMSNorm, causal_attention_mask, create_masks_for_generate
 from .configuration import HizooConfig
 from .files import check_loaded_keys, unreadable_safetensors
-from .hyper_connections import ResidualStreams, StreamExpansion, reduce_streams
+from .hyper_connections import StreamExpansion, reduce_streams, residual_streams
 from .inputs import IGNORE_INDEX, check_inputs
 from .mlp import SwiGLU
 from .moe import MoEFeedForward
@@ -62,10 +62,10 @@ class HizooBlock(GradientCheckpointingLayer):
     def __init__(self, config: HizooConfig, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
-        self.attn_conn = ResidualStreams(config, layer_idx, branch="attn")
+        self.attn_conn = residual_streams(config, layer_idx, branch="attn")
         self.attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.attn = Attention(config, layer_idx)
-        self.ffn_conn = ResidualStreams(config, layer_idx, branch="ffn")
+        self.ffn_conn = residual_streams(config, layer_idx, branch="ffn")
         self.ffn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.is_moe = config.is_moe_layer(layer_idx)
         self.ffn = MoEFeedForward(config) if self.is_moe else SwiGLU(config.hidden_size, config.intermediate_size)

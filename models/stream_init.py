@@ -10,13 +10,15 @@ stream, mixing stuck near identity). Every other option makes the streams differ
 | lss             | H_s = x ⊙ λ_s                                           | ``stream_scale`` λ [n, d]        |
 | rotate          | H_s = R(θ_s) x, R a product of 2-D channel rotations    | ``stream_angle`` θ [n, ⌊d/2⌋]    |
 | split           | H_s = x ⊙ softmax_s(ℓ)_s, so Σ_s H_s = x                | ``stream_split_logits`` ℓ [n, d] |
-| perturb         | H_s = x; the connections' mixing starts perturbed       | none here (see hyper_connections) |
+| perturb         | H_s = x; the connections' static weights perturbed      | none here (``init_static``)      |
 | balanced_rotate | H_s = R(±θ) x, signs balanced over streams per pair:    | ``stream_angle`` θ [n, d/2]      |
 |                 | ‖H_s‖ = ‖x‖ and Σ_s H_s = n·cos θ·x exactly             |                                  |
 
 ``lss`` is Learned Stream Scaling of the stream-collapse paper (Alimaskina et al., arXiv 2606.03483; its
 code's ``StreamExpandLSS``); ``rotate``, ``split``, ``perturb`` and ``balanced_rotate`` are hizoo's own.
-All parameters are learnable.
+All parameters are learnable. ``perturb`` is the one option that acts in the connections rather than in the
+expansion: every connection (hc.py, mhc.py) sets its static weights or logits through ``init_static``, which
+adds N(0, 0.1²) noise to each under ``perturb``.
 
 Norms at initialization, per token, against ``copy`` (‖H_s‖ = ‖x‖, ‖Σ_s H_s‖ = n‖x‖): ``lss`` scales both
 by about 0.6; ``split`` keeps the sum at ‖x‖ (n times smaller) and shrinks each stream; ``rotate`` keeps
@@ -35,10 +37,11 @@ import torch
 from torch import Tensor, nn
 from transformers import initialization as init
 
-from .configuration import HizooConfig
+from .configuration import STREAM_REDUCES, HizooConfig
 
 LSS_INIT = 0.6  # λ = 0.6 + Xavier-uniform noise (the stream-collapse code's default expand_lss_init)
 SPLIT_LOGIT_STD = 1.0  # ℓ ~ N(0, 1): each channel's share of stream s varies around 1/n by about ±60 % for n = 4
+PERTURB_STD = 0.1  # stream_init="perturb": N(0, 0.1²) added to every static read/mix/write weight (or logit)
 
 
 class StreamExpansion(nn.Module):
@@ -55,8 +58,8 @@ class StreamExpansion(nn.Module):
     - ``split``: H_s = x ⊙ m_s with m = softmax over streams of logits ℓ ∈ R^{n×d}, ℓ ~ N(0, 1): each
       channel of the embedding is divided among the streams in random, non-uniform shares that sum to
       1, so the reduced sum Σ_s H_s is exactly the embedding.
-    - ``perturb``: H_s = x, like ``copy``; the symmetry is broken by each connection's perturbed mixing
-      initialization (``ResidualStreams.reset_parameters``), so streams differ after the first branch.
+    - ``perturb``: H_s = x, like ``copy``; the symmetry is broken by each connection's perturbed static
+      weights (``init_static``), so streams differ after the first branch.
     - ``balanced_rotate``: the ``rotate`` map (same parameter ``stream_angle``, same channel pairs) with
       angles θ_{s,k} = ε_{s,k}·θ, θ = ``stream_init_angle``, where for every channel pair k the signs
       ε_{·,k} are a random permutation of n/2 times +1 and n/2 times −1 (odd n: one 0, so one stream keeps
@@ -89,9 +92,6 @@ class StreamExpansion(nn.Module):
             self.angle = config.stream_init_angle
         elif self.kind == "split":
             self.stream_split_logits = nn.Parameter(torch.empty(n, d))
-        elif self.kind not in ("copy", "perturb"):
-            raise ValueError(f"stream_init={self.kind!r} is not allowed; choose one of 'copy', 'lss', 'rotate', "
-                             f"'split', 'perturb', 'balanced_rotate'")
         if any(True for _ in self.parameters(recurse=False)):
             self.reset_parameters()
 
@@ -127,6 +127,18 @@ class StreamExpansion(nn.Module):
         return torch.cat(parts, dim=-1)
 
 
+def init_static(values: dict[nn.Parameter, Tensor], stream_init: str) -> None:
+    """Set each static connection parameter to its initial value (the connections' ``reset_parameters``): as given,
+    or under ``stream_init="perturb"`` with N(0, ``PERTURB_STD``²) noise added to every entry (torch's global RNG,
+    one draw per parameter in the order given), so that even with identical streams at the expansion the
+    connections read, mix and write them differently from the first branch on. transformers.initialization's
+    ``copy_`` leaves values loaded by from_pretrained untouched."""
+    for param, value in values.items():
+        if stream_init == "perturb":
+            value = value + PERTURB_STD * torch.randn(value.shape)
+        init.copy_(param, value)
+
+
 def balanced_angles(n: int, pairs: int, angle: float) -> Tensor:
     """[n, pairs] angles ε_{s,k}·angle: per pair k the signs ε_{·,k} are a random permutation (torch's global
     RNG, as every init) of n//2 times +1, n//2 times −1 and, for odd n, one 0, so Σ_s sin θ_{s,k} = 0."""
@@ -152,4 +164,4 @@ def reduce_streams(streams: Tensor, norm: nn.Module, how: str = "norm_sum") -> T
         return norm(streams).sum(dim=-2)
     if how == "sum_norm":
         return norm(streams.sum(dim=-2))
-    raise ValueError(f"stream_reduce={how!r} is not allowed; choose one of 'norm_sum', 'sum_norm'")
+    raise ValueError(f"stream_reduce={how!r} is not allowed; choose one of {', '.join(map(repr, STREAM_REDUCES))}")

@@ -4,10 +4,10 @@
   parameter with ``p.dim() >= 2`` (the Hi-MoE code also exempts names ending in ``bias``): all weight
   matrices and embeddings, but no norm gains, biases or scalars. hizoo stores some parameters in a
   different shape than the official code, so the rule is applied to the *official counterpart* of each:
-  - HC / mHC / mHC-lite connections: ``hyper_connections.REFERENCE_DECAYED`` (HC: A_m and A_r, parts of the
-    official ``static_alpha`` [n, 1 + n], and [W_m | W_r]; mHC: b_pre and b_res, parts of ``static_alpha``,
-    and φ; mHC-lite: φ only, its ``static_alpha`` being 1-D). Not decayed: B / b_post (``static_beta`` [n]),
-    HC's W_β ([d]), the scales s and α, the norms' γ.
+  - HC / mHC / mHC-lite connections: each connection class's ``reference_decayed`` (hc.py, mhc.py; HC: A_m and
+    A_r, parts of the official ``static_alpha`` [n, 1 + n], and [W_m | W_r]; mHC: b_pre and b_res, parts of
+    ``static_alpha``, and φ; mHC-lite: φ only, its ``static_alpha`` being 1-D). Not decayed: B / b_post
+    (``static_beta`` [n]), HC's W_β ([d]), the scales s and α, the norms' γ.
   - Hi-MoE's per-expert scale ``expert_scale`` [E]: the official ``router_scale`` is stored [1, E], so it is
     decayed (the reference example config decays it).
   - Stream expansion: LSS's λ [n, d] is ``lss`` [n, d] there; hizoo's own inits (rotate, split,
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .hyper_connections import REFERENCE_DECAYED, ResidualStreams
+from .stream_connection import ResidualStreams
 
 WEIGHT_DECAY_RULES = ("reference", "matrices")
 OFFICIAL_2D = ("expert_scale",)  # stored 1-D in hizoo, >= 2-D in the official code ([1, E] router_scale)
@@ -41,7 +41,7 @@ def decayed_parameter_names(model: nn.Module, rule: str = "reference") -> list[s
         if rule == "matrices":
             decayed = param.ndim >= 2 and not ("_conn." in name or ".expand." in name)
         elif isinstance(owner, ResidualStreams):
-            decayed = attr in REFERENCE_DECAYED.get(owner.kind, ())
+            decayed = attr in owner.reference_decayed
         elif attr in OFFICIAL_2D:
             decayed = True
         else:

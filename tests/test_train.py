@@ -41,6 +41,7 @@ def test_tiny_run_learns_and_exports(tiny_run):
     assert losses[-1] < losses[0] - 0.5, losses
     tags = events.Tags()
     assert "experts/layer0/cv" in tags["scalars"] and "experts/load_heatmap" in tags["images"]  # diagnostics callback
+    assert {"lr-AdamW/pg1", "lr-AdamW/pg2"} <= set(tags["scalars"])  # the config's LearningRateMonitor
     val_ce = events.Scalars("val/ce")[-1].value
     assert val_ce < math.log(384) - 0.5  # better than uniform over the vocabulary
 
@@ -219,6 +220,8 @@ def test_every_config_parses_and_builds_a_valid_model_config(config_path, capsys
     printed = yaml.safe_load(capsys.readouterr().out)
     model_config = HizooConfig(**printed["model"]["model_config"])  # validates every field
     assert model_config.num_hidden_layers >= 2
+    callbacks = [c["class_path"] for c in printed["trainer"]["callbacks"]]
+    assert "lightning.pytorch.callbacks.LearningRateMonitor" in callbacks  # every training config logs the lr
 
 
 @pytest.mark.slow  # a training run of train.py (the tiny config; DDP, resume or a fresh interpreter)

@@ -27,7 +27,7 @@ def test_ep_cpu_config_trains_and_exports_every_expert(tmp_path):
     assert "MEMBER: 2/2" in result.stderr + result.stdout
     export = tmp_path / "ep_cpu" / "hf_model"
     from hizoo import HizooForCausalLM
-    from hizoo.models.lightning import load_model_from_checkpoint
+    from hizoo.models.lightning import HizooLightningModule, load_model_from_checkpoint
 
     model = HizooForCausalLM.from_pretrained(export).eval()
     assert model.config.num_experts == 16 and model.model.layers[0].ffn.experts.w13.shape[0] == 16
@@ -37,7 +37,11 @@ def test_ep_cpu_config_trains_and_exports_every_expert(tmp_path):
     total, active = parameter_counts(model)  # the card was written from rank 0's shard: it counts every expert
     assert f"| parameters | {total:,} " in (export / "README.md").read_text()
     assert (export / "modeling_hizoo.py").is_file()
-    checkpoint = load_model_from_checkpoint(next(tmp_path.rglob("last.ckpt"))).eval()
+    last = next(tmp_path.rglob("last.ckpt"))
+    checkpoint = load_model_from_checkpoint(last).eval()
+    module = HizooLightningModule.load_from_checkpoint(last).eval()  # every expert, no process group needed
+    assert module.hparams.expert_parallel_size == 2 and module.expert_parallel is None
     ids = torch.randint(0, 384, (1, 16))
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, checkpoint(ids).logits, atol=0, rtol=0)
+        torch.testing.assert_close(module.model(ids).logits, checkpoint(ids).logits, atol=0, rtol=0)

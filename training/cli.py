@@ -4,12 +4,20 @@ mistaken for success, and runs that fail loudly instead of exporting an untraine
 ``python train.py fit --config X`` trains in ``trainer.default_root_dir`` (the run folder, see
 ``training.run_folder``); ``python train.py fit --config X --ckpt_path last`` continues that run. Exit status:
 0 for a finished and exported run, 128 + signal number after SIGTERM (143) or SIGUSR1 (138) with the
-checkpoint saved, 1 for a run that trained nothing or ended with a non-finite validation perplexity.
+checkpoint saved, 1 for a run that trained nothing or ended with a non-finite validation perplexity. The export
+is ``training.export.HFExportCallback``, which fit adds unless the config lists one.
+
+``validate``, ``test`` and ``predict`` evaluate a checkpoint of the run folder: ``--ckpt_path FILE`` or
+``--ckpt_path last`` (the run's newest ``last.ckpt``, found as ``fit`` finds it); the model is the checkpoint's
+(LightningCLI reads its hyperparameters). ``test`` logs ``test/loss`` and ``test/ppl`` to the run folder's
+TensorBoard at the checkpoint's step; ``predict`` generates from ``--data.predict_prompts`` with the
+``--generation.*`` settings (models/generation.py) and writes ``predictions.jsonl`` in the run folder
+(``--predictions_file`` elsewhere). Their configs are saved as ``config_<subcommand>.yaml``, so ``config.yaml``
+stays the training run's.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import sys
@@ -17,16 +25,16 @@ from pathlib import Path
 
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from ..models.export import export_pretrained
-from ..models.model_card import ModelCardInfo
+from ..models.generation import GenerationSettings, write_predictions
 from .checkpointing import AtomicCheckpointIO, RunCheckpoint
+from .export import HFExportCallback, export_refusal
 from .run_folder import RunFolderInUse, checkpoint_files, checkpoint_step, last_checkpoint
 
 
@@ -38,28 +46,82 @@ class RunFailed(SystemExit):
         self.message = message
 
 
+EVALUATION_SUBCOMMANDS = ("validate", "test", "predict")
+
+
 class HizooCLI(LightningCLI):
-    """LightningCLI for hizoo's ``fit``; other subcommands behave as LightningCLI's."""
+    """LightningCLI for hizoo: ``fit`` in a run folder (resume, preemption, export), and ``validate``/``test``/
+    ``predict`` on one of its checkpoints."""
 
     run_dir: Path
     resume_from: Path | None = None
+    predictions: list[dict] | None = None  # what the latest predict generated (global rank 0)
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})  # config.yaml of the latest start
         super().__init__(*args, **kwargs)
 
+    def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":  # generation settings only where they apply (fit would ignore them)
+            parser.add_class_arguments(GenerationSettings, "generation")
+            parser.add_argument("--predictions_file", type=str | None, default=None,
+                                help="where predict writes its jsonl (default: <run folder>/predictions.jsonl)")
+        return parser
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand in EVALUATION_SUBCOMMANDS:
+            # before LightningCLI reads the checkpoint's hyperparameters (its model settings) from ckpt_path
+            config = self.config[subcommand]
+            config["ckpt_path"] = str(self._checkpoint_to_evaluate(subcommand, config))
+
+    def _checkpoint_to_evaluate(self, subcommand: str, config) -> Path:
+        """``--ckpt_path``: a checkpoint file, or ``last``, the run folder's newest ``last.ckpt`` (as fit resumes)."""
+        requested = config.get("ckpt_path")
+        if requested is None:
+            raise ValueError(f"{subcommand} evaluates a trained checkpoint: give --ckpt_path FILE, or --ckpt_path last "
+                             "for the run folder's newest last.ckpt")
+        run_dir = Path(config.get("trainer", {}).get("default_root_dir") or os.getcwd())
+        if requested == "last":
+            found = last_checkpoint(run_dir, _configured_checkpoint_dirs(config.get("trainer", {}), run_dir))
+            if found is None:
+                raise FileNotFoundError(f"--ckpt_path last: no checkpoint in {run_dir} (trainer.default_root_dir); "
+                                        "give the run folder of a trained run, or --ckpt_path FILE")
+            rank_zero_info(f"{subcommand}: {found} (step {checkpoint_step(found)})")
+            return found
+        if not Path(requested).is_file():
+            raise FileNotFoundError(f"--ckpt_path {requested}: no such checkpoint file")
+        return Path(requested)
+
     # -- before the trainer exists: the run folder, what to resume, logger, checkpointing ------------------
     def instantiate_trainer(self, **kwargs):
-        if self.subcommand != "fit":
-            return super().instantiate_trainer(**kwargs)
         config = self._get(self.config_init, "trainer", default={})
         self.run_dir = Path(config.get("default_root_dir") or os.getcwd())
-        checkpoint_dir = self.run_dir / "checkpoints"
-
         callbacks = config.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
         defaults = self.trainer_defaults.get("callbacks") or []
         defaults = list(defaults) if isinstance(defaults, (list, tuple)) else [defaults]
+        if config.get("logger") is False and any(isinstance(c, LearningRateMonitor) for c in callbacks):
+            rank_zero_info("trainer.logger=false: the configured LearningRateMonitor is left out (it logs to a logger)")
+            callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+        plugins = config.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]  # every load weights_only, errors naming the file
+        if self.subcommand != "fit":
+            kwargs["callbacks"] = callbacks
+            if self.subcommand in ("validate", "test") and config.get("logger") in (None, True):
+                kwargs["logger"] = TensorBoardLogger(save_dir=str(self.run_dir), name="", version="",
+                                                     default_hp_metric=False)
+            elif self.subcommand == "predict" and config.get("logger") in (None, True):
+                kwargs["logger"] = False  # nothing to log; no empty events file in the run folder
+            # the training run's config.yaml stays; this start's config is config_<subcommand>.yaml
+            self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": f"config_{self.subcommand}.yaml"}
+            return super().instantiate_trainer(**kwargs)
+
+        checkpoint_dir = self.run_dir / "checkpoints"
         checkpointers = [c for c in [*callbacks, *defaults] if isinstance(c, ModelCheckpoint)]
         if config.get("enable_checkpointing", True) is not False and not checkpointers:
             checkpointers = [RunCheckpoint()]
@@ -67,6 +129,8 @@ class HizooCLI(LightningCLI):
         for checkpointer in checkpointers:
             if checkpointer.dirpath is None:  # where `--ckpt_path last` looks, before Lightning's setup runs
                 checkpointer.dirpath = str(checkpoint_dir)
+        if not any(isinstance(c, HFExportCallback) for c in [*callbacks, *defaults]):
+            callbacks.append(HFExportCallback())  # a finished run exports to <run folder>/hf_model
         kwargs["callbacks"] = callbacks
         checkpoint_dirs = sorted({Path(c.dirpath) for c in checkpointers}) or [checkpoint_dir]
 
@@ -78,12 +142,7 @@ class HizooCLI(LightningCLI):
             # interrupted one logged after its checkpoint, so every step appears once.
             kwargs["logger"] = TensorBoardLogger(save_dir=str(self.run_dir), name="", version="",
                                                  default_hp_metric=False, purge_step=start_step)
-        plugins = config.get("plugins") or []
-        plugins = plugins if isinstance(plugins, list) else [plugins]
-        if not any(isinstance(p, CheckpointIO) for p in plugins):
-            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         return super().instantiate_trainer(**kwargs)
-
     def _resume_checkpoint(self, requested, checkpoint_dirs: list[Path]) -> Path | None:
         existing = checkpoint_files(self.run_dir, checkpoint_dirs)
         if requested == "last":
@@ -111,19 +170,21 @@ class HizooCLI(LightningCLI):
             raise RunFailed("trainer.max_steps=0 trains nothing: set a positive number of steps "
                             "(or -1 to train for trainer.max_epochs)")
         try:
-            trainer.fit(model, datamodule=datamodule, ckpt_path=self.resume_from, **kwargs)
+            trainer.fit(model, datamodule=datamodule, ckpt_path=self.resume_from, **kwargs)  # exports at its end
         except SIGTERMException:
             self._stopped_by_signal()
-        state_dict = None
-        if not trainer.interrupted:
-            state_dict = model.model_state_for_export()  # every rank: expert parallelism gathers to rank 0
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()  # a live gloo/NCCL group aborts the interpreter at exit
         if trainer.interrupted or not trainer.is_global_zero:
             return
-        self._check_trained()
-        self.export(state_dict)
+        refused = export_refusal(trainer, trainer.global_step)
+        if refused:
+            raise RunFailed(refused)
+        print(f"\nrun folder: {self.run_dir}   (tensorboard --logdir {self.run_dir})")  # the export is logged above
+        ppl = trainer.callback_metrics.get("val/ppl")
+        if ppl is not None:
+            print(f"validation perplexity: {float(ppl):.2f}")
 
     def _stopped_by_signal(self) -> None:
         checkpointer = next((c for c in self.trainer.callbacks if isinstance(c, RunCheckpoint)), None)
@@ -136,42 +197,34 @@ class HizooCLI(LightningCLI):
                   "same command and --ckpt_path last", file=sys.stderr, flush=True)
         raise SystemExit(128 + int(signum))
 
-    def _check_trained(self) -> None:
+    # -- predict: generation from the prompts file, written to the run folder ------------------------------
+    def predict(self, model, datamodule=None, ckpt_path=None, **kwargs) -> list[dict]:
         trainer = self.trainer
-        if trainer.global_step == 0:
-            raise RunFailed(
-                f"the run took no optimizer step (trainer.max_steps={trainer.max_steps}, "
-                f"max_epochs={trainer.max_epochs}, {trainer.num_training_batches} training batches): "
-                "nothing was exported")
-        ppl = trainer.callback_metrics.get("val/ppl")
-        if ppl is not None and not math.isfinite(float(ppl)):
-            raise RunFailed(
-                f"validation perplexity is {float(ppl)} at step {trainer.global_step}: the model diverged, nothing "
-                f"was exported (checkpoints stay in {self.run_dir / 'checkpoints'})")
+        if trainer.world_size > 1:
+            raise ValueError(f"predict runs in one process (trainer.devices=1, trainer.num_nodes=1); this trainer has "
+                             f"{trainer.world_size}")
+        model.generation = self._get(self.config_init, "generation")
+        kwargs["return_predictions"] = True
+        predictions = trainer.predict(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
+        out = Path(self._get(self.config_init, "predictions_file") or self.run_dir / "predictions.jsonl")
+        write_predictions(out, predictions)
+        for p in predictions:
+            print(f"\n--- prompt {p['index']} ({p['finish_reason']}, {len(p['completion_ids'])} tokens)\n"
+                  f"{p['prompt']}{p['completion']}")
+        print(f"\n{len(predictions)} completion(s) written to {out}")
+        self.predictions = predictions
+        return predictions
 
-    def export(self, state_dict: dict | None = None) -> Path:
-        """The trained model as a self-contained Hugging Face directory in the run folder (models/export.py):
-        weights (``state_dict``: the full weights when expert parallelism left this rank a shard), config with
-        ``auto_map`` and the modeling code, special tokens, the tokenizer, and a model card with the training
-        tokens and the validation perplexity."""
-        trainer, data = self.trainer, self.datamodule
-        out = self.run_dir / "hf_model"
-        batch_size, seq_len = getattr(data, "batch_size", None), getattr(data, "seq_len", None)
-        tokens = None
-        if batch_size is not None and seq_len is not None:
-            # each optimizer step: accumulate_grad_batches micro-batches per process of batch_size full sequences
-            # (the training loader drops the last incomplete batch)
-            tokens = trainer.global_step * trainer.accumulate_grad_batches * trainer.world_size * batch_size * seq_len
-        ppl = trainer.callback_metrics.get("val/ppl")
-        source = getattr(data, "source", None)
-        card = ModelCardInfo(
-            path=str(out), training_tokens=tokens, training_sequence_length=seq_len,
-            validation_perplexity=float(ppl) if ppl is not None else None,
-            training_data=f"`--data.source {source}`" if source is not None else None,
-            source=f"trained from scratch with hizoo's `train.py` for {trainer.global_step} optimizer steps")
-        export_pretrained(self.model.model, out, tokenizer=data.tokenizer, card=card, state_dict=state_dict)
-        print(f"\nrun folder: {self.run_dir}   (tensorboard --logdir {self.run_dir})")
-        print(f"exported Hugging Face model: {out}")
-        if ppl is not None:
-            print(f"validation perplexity: {float(ppl):.2f}")
-        return out
+
+def _configured_checkpoint_dirs(trainer_config, run_dir: Path) -> list[Path]:
+    """The checkpoint folders the parsed (not yet instantiated) trainer config names: every ModelCheckpoint's
+    ``init_args.dirpath``, else ``<run folder>/checkpoints``, as fit resolves them."""
+    callbacks = trainer_config.get("callbacks") or []
+    callbacks = callbacks if isinstance(callbacks, (list, tuple)) else [callbacks]
+    dirs = []
+    for callback in callbacks:
+        init_args = callback.get("init_args") if hasattr(callback, "get") else None
+        dirpath = init_args.get("dirpath") if init_args is not None and hasattr(init_args, "get") else None
+        if dirpath:
+            dirs.append(Path(dirpath))
+    return sorted(set(dirs)) or [run_dir / "checkpoints"]

@@ -9,6 +9,8 @@
             last.ckpt                the newest state: periodic, at the final step, on SIGTERM/SIGUSR1
             epoch=E-step=S.ckpt      periodic checkpoints (ModelCheckpoint's every_n_train_steps)
         hf_model/                    the exported Hugging Face model, after a finished run
+        config_<subcommand>.yaml     the configuration of the latest validate/test/predict of its checkpoints
+        predictions.jsonl            what the latest ``predict`` generated
 
 ``--ckpt_path last`` resumes from ``checkpoints/last.ckpt`` of that folder (or a SLURM ``hpc_ckpt_N.ckpt``
 there, whichever is newer). Starting without it in a folder that already holds checkpoints is refused, so a

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from hizoo import HizooConfig, HizooForCausalLM
-from hizoo.models.hyper_connections import ResidualStreams, connection_index
+from hizoo.models.hyper_connections import connection_index, residual_streams
 from hizoo.models.modeling import RMSNorm
 from hizoo.models.stream_init import StreamExpansion, reduce_streams
 
@@ -85,7 +85,7 @@ def test_hc_dynamic_coefficients_by_hand():
     """n = 2, d = 2, H_1 = [3, 4], H_2 = [0, 2]; norm(H_i) = H_i/‖H_i‖·√2 ⊙ (1 + γ) (official RMSNorm, no eps):
     H̄_1 = √2·[0.6, 0.8] ⊙ [1.5, 1] = √2·[0.9, 0.8], H̄_2 = √2·[0, 1]. W_m = [1, 0], W_β = [0, 1], W_r = 0,
     s_α = 0.5, s_β = 0.25, stream k = 0: A_m = [1, 0] + 0.5·tanh([0.9√2, 0]), B = 1 + 0.25·tanh([0.8√2, √2])."""
-    conn = ResidualStreams(HizooConfig(**SMALL, residual="hc", n_streams=2, hc_dynamic=True, stream_start="cyclic"),
+    conn = residual_streams(HizooConfig(**SMALL, residual="hc", n_streams=2, hc_dynamic=True, stream_start="cyclic"),
                            layer_idx=0, branch="attn")
     with torch.no_grad():
         conn.norm_gain.copy_(torch.tensor([0.5, 0.0]))
@@ -109,7 +109,7 @@ def test_mhc_coefficients_by_hand():
     k = 0. H_pre = σ(0.6 + [1, −1]), H_post = 2σ(0.3 + [1, −1]), res logits [[0, −8 + 1.6], [−8, 0]], one
     Sinkhorn iteration over inputs then outputs."""
     config = HizooConfig(**SMALL, residual="mhc", n_streams=2, stream_start="cyclic", mhc_sinkhorn_iters=1)
-    conn = ResidualStreams(config, layer_idx=0, branch="attn")
+    conn = residual_streams(config, layer_idx=0, branch="attn")
     proj = torch.zeros(8, 4)
     proj[:4, 0] = 1.0  # φ_pre, φ_post: x⃗'_1
     proj[4 + 1, 1] = 1.0  # φ_res[0, 1]: x⃗'_2
@@ -129,7 +129,7 @@ def test_mhc_coefficients_by_hand():
 def test_mhc_lite_coefficients_by_hand():
     """n = 2: permutations (identity, swap) with logits c = [0, −8] + α_res·x⃗'φ_res; φ_res picks x⃗'_2 = 1.6
     for the swap, α_res = 5: c = [0, 0], so H_res = [[½, ½], [½, ½]]."""
-    conn = ResidualStreams(HizooConfig(**SMALL, residual="mhc_lite", n_streams=2, stream_start="cyclic"),
+    conn = residual_streams(HizooConfig(**SMALL, residual="mhc_lite", n_streams=2, stream_start="cyclic"),
                            layer_idx=0, branch="ffn")  # stream k = 1
     proj = torch.zeros(6, 4)
     proj[5, 1] = 1.0
@@ -145,7 +145,7 @@ def test_mhc_lite_coefficients_by_hand():
 def test_coefficient_norm_has_no_eps():
     """The official norm is F.normalize(v)·√D: tiny streams are normalized as exactly as large ones (an eps
     inside the root, as RMSNorm's 1e-5, would shrink H̄ for a residual of mean square ~1e-5)."""
-    conn = ResidualStreams(HizooConfig(**SMALL, residual="hc", n_streams=2, hc_dynamic=True, stream_start="cyclic"),
+    conn = residual_streams(HizooConfig(**SMALL, residual="hc", n_streams=2, hc_dynamic=True, stream_start="cyclic"),
                            layer_idx=0, branch="attn")
     with torch.no_grad():
         conn.dynamic_write_proj.copy_(torch.tensor([1.0, 0.0]))
@@ -162,7 +162,7 @@ def test_coefficient_norm_has_no_eps():
 
 def _starts(**overrides):
     config = HizooConfig(**{**TINY, "residual": "hc", "n_streams": 4, "num_hidden_layers": 6, **overrides})
-    return [ResidualStreams(config, i, b).stream for i in range(6) for b in ("attn", "ffn")]
+    return [residual_streams(config, i, b).stream for i in range(6) for b in ("attn", "ffn")]
 
 
 def test_cyclic_start_is_two_layers_plus_branch_mod_n():
