@@ -72,8 +72,13 @@ def packaged_config(value: str) -> str:
     """The config file ``--config value`` means: ``value`` itself when that file exists; otherwise the packaged
     config it names, by preset name (``himoe``, ``himoe.yaml``) or by its checkout path (``configs/himoe.yaml``),
     so the README's commands work outside a checkout; otherwise ``value`` unchanged (the parser then reports it)."""
+    if value.lstrip().startswith(("{", "[")) or "\n" in value or "/" not in value and ":" in value:
+        return value  # inline YAML/JSON
     path = Path(value)
-    if path.exists() or value.lstrip().startswith(("{", "[")) or "\n" in value:  # a file, or inline YAML/JSON
+    try:
+        if path.exists():
+            return value
+    except OSError:  # not a path this system can hold (too long): the parser reports it
         return value
     name = path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml"
     packaged = CONFIGS / name

@@ -33,7 +33,8 @@ def test_packaged_config_finds_presets_by_name_and_by_checkout_path(tmp_path, mo
     mine.parent.mkdir()
     mine.write_text("seed_everything: 1\n")
     assert train.packaged_config("configs/himoe.yaml") == "configs/himoe.yaml"
-    assert train.packaged_config("{trainer: {max_steps: 2}}") == "{trainer: {max_steps: 2}}"  # inline YAML
+    for inline in ("{trainer: {max_steps: 2}}", "trainer: {max_steps: 2}", "x" * 5000):  # inline YAML, too long
+        assert train.packaged_config(inline) == inline
     assert train.resolve_configs(["fit", "--config", "tiny", "--config=dense", "--data.source", "tiny"]) == [
         "fit", "--config", str(train.CONFIGS / "tiny.yaml"), f"--config={train.CONFIGS / 'dense.yaml'}",
         "--data.source", "tiny"]
