@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..routing.stats import entropy
+
 
 def domain_expert_counts(expert_idx: Tensor, domain_ids: Tensor, num_experts: int, num_domains: int) -> Tensor:
     """expert_idx [T, K], domain_ids [T] (domain of each token; negative = unknown, skipped)
@@ -25,14 +27,10 @@ def domain_expert_counts(expert_idx: Tensor, domain_ids: Tensor, num_experts: in
     return torch.bincount(flat, minlength=num_domains * num_experts).double().view(num_domains, num_experts)
 
 
-def _entropy(p: Tensor) -> Tensor:
-    return -(p * torch.where(p > 0, p.log(), torch.zeros_like(p))).sum(dim=-1)
-
-
 def js_divergence(p: Tensor, q: Tensor) -> Tensor:
     """Jensen–Shannon divergence of distributions p [..., E] and q [E] in nats: H((p+q)/2) − (H(p)+H(q))/2."""
     m = (p + q) / 2
-    return _entropy(m) - (_entropy(p) + _entropy(q)) / 2
+    return entropy(m) - (entropy(p) + entropy(q)) / 2
 
 
 def domain_usage(counts: Tensor, domain_names: list[str] | None = None) -> dict:

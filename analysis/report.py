@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .domains import domain_expert_counts, domain_usage
@@ -28,10 +27,8 @@ def collect(model, input_ids: Tensor, domain_ids: Tensor | None = None, domain_n
     """
     config = model.config
     kind = model_kind(config)
-    out = model(input_ids, output_diagnostics=True, use_cache=False)
-    logits = out.logits  # [B, S, V]
-    ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), input_ids[:, 1:].flatten())
-    report: dict = {"loss": float(ce), "tokens": int(input_ids.numel()), "notes": [],
+    out = model(input_ids, labels=input_ids, output_diagnostics=True, use_cache=False)  # ce_loss: the model's CE
+    report: dict = {"loss": float(out.ce_loss), "tokens": int(input_ids.numel()), "notes": [],
                     "config": {k: getattr(config, k, None) for k in (
                         "num_hidden_layers", "hidden_size", "ffn", "num_experts", "num_experts_per_tok",
                         "n_groups", "router", "residual", "n_streams", "stream_init", "stream_reduce",

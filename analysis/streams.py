@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..models.loss import next_token_cross_entropy
 from ..models.stream_init import reduce_streams
+from ..routing.stats import entropy
 from .mixing import (AXIS_GAIN, SPREAD_THRESHOLD, amax_backward, amax_forward, column_sums, concentrations,
                      depth_product, exact_axes, identity_distances, logit_spreads, per_token, row_sums,
                      spread_summary, stream_distribution, suffix_products)
@@ -44,8 +46,7 @@ def dominant_share_per_token(streams: Tensor, eps: float = 1e-12) -> float:
 def effective_streams(shares: Tensor) -> float:
     """shares [n] -> exp(entropy of the shares): n when even, 1 when one stream carries everything."""
     p = shares.double() / shares.double().sum()
-    h = -(p * torch.where(p > 0, p.log(), torch.zeros_like(p))).sum()
-    return float(h.exp())
+    return float(entropy(p).exp())
 
 
 def mean_pairwise_cosine(streams: Tensor) -> float:
@@ -270,12 +271,10 @@ def stream_ablation(model, streams: Tensor, input_ids: Tensor) -> dict:
     """
     n = streams.shape[-2]
     stream_reduce = getattr(model.config, "stream_reduce", "sum_norm")
-    targets = input_ids[:, 1:].flatten()
 
     def loss_of(keep: Tensor) -> float:
         hidden = reduce_without(streams, model.model.norm, keep, stream_reduce)  # [B, S, d]
-        logits = model.lm_head(hidden)[:, :-1]  # [B, S-1, V]
-        return float(F.cross_entropy(logits.flatten(0, 1).float(), targets))
+        return float(next_token_cross_entropy(model.lm_head(hidden), input_ids))  # logits [B, S, V]
 
     base = loss_of(torch.ones(n, device=streams.device))
     increases = []

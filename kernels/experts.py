@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from .eager import eager_experts
 from .expert_parallel import expert_parallel_experts
 
-BACKENDS = ("auto", "triton", "grouped_mm", "eager")
+BACKENDS = ("auto", "triton", "grouped_mm", "eager")  # the allowed values of HizooConfig.experts_backend
 
 
 @functools.cache

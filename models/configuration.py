@@ -19,18 +19,18 @@ import typing
 from transformers import GenerationConfig, PreTrainedConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
+# Each list of allowed values is defined once. Those of options that routing/ and kernels/ implement live there
+# (their classes check their own arguments and cannot import models/); the model's own are defined here.
+from ..kernels.experts import BACKENDS as EXPERTS_BACKENDS
+from ..routing import ROUTER_NAMES as ROUTERS
+from ..routing.base import CAPACITY_PRIORITIES, CAPACITY_RULES
+from ..routing.himoe import HIMOE_GROUP_MASS, HIMOE_REG_FORMS, HIMOE_REG_SOURCES
+
 FFN_KINDS = ("dense", "moe")
-ROUTERS = ("topk", "group_limited", "himoe")
-EXPERTS_BACKENDS = ("auto", "triton", "grouped_mm", "eager")
 RESIDUALS = ("none", "hc", "mhc", "mhc_lite")
 STREAM_INITS = ("copy", "lss", "rotate", "split", "perturb", "balanced_rotate")
 STREAM_REDUCES = ("norm_sum", "sum_norm")
 STREAM_STARTS = ("random", "cyclic")
-HIMOE_REG_SOURCES = ("raw", "selection", "corrected")
-HIMOE_REG_FORMS = ("square", "entropy")
-HIMOE_GROUP_MASS = ("dense", "sparse")
-CAPACITY_RULES = ("reference", "ceil")  # routing/base.py expert_capacity
-CAPACITY_PRIORITIES = ("slot", "token")  # routing/base.py apply_capacity
 INIT_SCHEMES = ("normal", "switch")  # models/modeling.py HizooPreTrainedModel._init_weights
 
 # Fields whose value is one of a fixed set of names. Validation checks them; the typed LightningCLI config
@@ -385,10 +385,6 @@ class HizooConfig(PreTrainedConfig):
         """MoE unless the model is dense, the layer is one of the first ``num_dense_layers`` or in ``mlp_only_layers``."""
         return (self.ffn == "moe" and layer_idx >= self.num_dense_layers
                 and layer_idx not in (self.mlp_only_layers or ()))
-
-    @property
-    def experts_per_group(self) -> int:
-        return self.num_experts // self.n_groups
 
 
 # ---------------------------------------------------------------------- field names and types

@@ -28,7 +28,7 @@ from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from ..kernels import GroupedExperts
-from ..routing import Router, RoutingResult
+from ..routing import Router, RoutingResult, recompute_aware
 from .attention import Attention, RMSNorm, causal_attention_mask, create_masks_for_generate
 from .configuration import HizooConfig
 from .files import check_loaded_keys, unreadable_safetensors
@@ -43,7 +43,21 @@ LOSS_KWARGS = ("num_items_in_batch", "shift_labels", "ignore_index")
 
 
 class HizooBlock(GradientCheckpointingLayer):
-    """Pre-norm block: attention branch, then feed-forward branch, each behind its residual connection."""
+    """Pre-norm block: attention branch, then feed-forward branch, each behind its residual connection.
+
+    Gradient checkpointing (transformers' ``activation_checkpointing_enable``/``gradient_checkpointing_enable``)
+    runs the block through the checkpoint function transformers gives it, wrapped by ``routing.recompute_aware``:
+    the block's router knows when backward replays its forward and leaves its state alone then."""
+
+    @property
+    def _gradient_checkpointing_func(self):
+        """What ``GradientCheckpointingLayer`` calls to checkpoint this block: the function transformers set, marking
+        the router's recompute."""
+        return recompute_aware(self._checkpoint_fn, self)
+
+    @_gradient_checkpointing_func.setter
+    def _gradient_checkpointing_func(self, checkpoint_fn) -> None:
+        self._checkpoint_fn = checkpoint_fn
 
     def __init__(self, config: HizooConfig, layer_idx: int):
         super().__init__()

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 from transformers import initialization as init
 
-from .configuration import HizooConfig
+from .configuration import STREAM_REDUCES, HizooConfig
 
 LSS_INIT = 0.6  # λ = 0.6 + Xavier-uniform noise (the stream-collapse code's default expand_lss_init)
 SPLIT_LOGIT_STD = 1.0  # ℓ ~ N(0, 1): each channel's share of stream s varies around 1/n by about ±60 % for n = 4
@@ -164,4 +164,4 @@ def reduce_streams(streams: Tensor, norm: nn.Module, how: str = "norm_sum") -> T
         return norm(streams).sum(dim=-2)
     if how == "sum_norm":
         return norm(streams.sum(dim=-2))
-    raise ValueError(f"stream_reduce={how!r} is not allowed; choose one of 'norm_sum', 'sum_norm'")
+    raise ValueError(f"stream_reduce={how!r} is not allowed; choose one of {', '.join(map(repr, STREAM_REDUCES))}")

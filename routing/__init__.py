@@ -1,12 +1,12 @@
 """Routers: pure tensor code that maps tokens to experts. ``build_router(config)`` picks one by name."""
 
 from .base import (CAPACITY_PRIORITIES, CAPACITY_RULES, Router, RoutingResult, apply_capacity, expert_capacity,
-                   in_backward_recompute)
+                   recompute_aware, routers_recomputing)
 from .group_limited import GroupLimitedRouter
 from .himoe import HiMoERouter
 from .topk import TopKRouter
 
-ROUTER_NAMES = ("topk", "group_limited", "himoe")
+ROUTER_NAMES = ("topk", "group_limited", "himoe")  # the allowed values of HizooConfig.router
 
 
 def build_router(config) -> Router:
@@ -53,4 +53,5 @@ def build_router(config) -> Router:
 
 
 __all__ = ["CAPACITY_PRIORITIES", "CAPACITY_RULES", "GroupLimitedRouter", "HiMoERouter", "ROUTER_NAMES", "Router",
-           "RoutingResult", "TopKRouter", "apply_capacity", "build_router", "expert_capacity", "in_backward_recompute"]
+           "RoutingResult", "TopKRouter", "apply_capacity", "build_router", "expert_capacity", "recompute_aware",
+           "routers_recomputing"]

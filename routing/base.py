@@ -1,8 +1,10 @@
-"""The routing interface every router implements, and what all routers share (capacity, recompute check)."""
+"""The routing interface every router implements, and what all routers share (capacity, recompute marking)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -27,16 +29,49 @@ class RoutingResult:
         return torch.stack(list(self.aux_losses.values())).sum()
 
 
-def in_backward_recompute() -> bool:
-    """True while the autograd engine runs this code, i.e. a gradient-checkpointed block recomputing its
-    forward during backward (reentrant and non-reentrant checkpointing both recompute inside backward).
-    Routers skip their state updates (EMA, load accumulation) then, so that each update happens once per
-    forward and the recomputed forward sees exactly the state the original one used.
-    (``_current_graph_task_id`` is -1 outside the autograd engine; torch has no public flag for this.)"""
-    current = getattr(torch._C, "_current_graph_task_id", None)
-    return current is not None and current() != -1
+@contextlib.contextmanager
+def routers_recomputing(module: nn.Module) -> Iterator[None]:
+    """Within this block every router in ``module`` (``module`` itself included) knows that the forward it runs is
+    an activation-checkpoint recompute, the replay of a forward that already ran: routers skip their state updates
+    (EMA, load and global-batch counts) then, so each update happens once per forward and the replay sees exactly
+    the state the original forward used."""
+    routers = [m for m in module.modules() if isinstance(m, Router)]
+    before = [r.recomputing for r in routers]
+    for router in routers:
+        router.recomputing = True
+    try:
+        yield
+    finally:
+        for router, value in zip(routers, before):
+            router.recomputing = value
 
 
+def recompute_aware(checkpoint_fn: Callable, module: nn.Module) -> Callable:
+    """``checkpoint_fn`` (``torch.utils.checkpoint.checkpoint``, or the partial of it that transformers'
+    ``activation_checkpointing_enable`` builds) made to mark the recompute of ``module``'s routers: the
+    checkpointed function runs as given the first time (the forward) and under ``routers_recomputing(module)``
+    every later time (the replays in backward), with reentrant and non-reentrant checkpointing alike. HizooBlock
+    checkpoints through it; wrap your own checkpointing of a module that holds routers the same way:
+    ``recompute_aware(checkpoint, block)(block, x, use_reentrant=False)``. (torch has no public flag that says
+    whether the autograd engine is replaying a forward, so hizoo's checkpointing says it.)"""
+
+    def checkpoint_marking_recompute(function: Callable, *args, **kwargs):
+        calls = 0
+
+        def run(*inner_args, **inner_kwargs):
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                return function(*inner_args, **inner_kwargs)
+            with routers_recomputing(module):
+                return function(*inner_args, **inner_kwargs)
+
+        return checkpoint_fn(run, *args, **kwargs)
+
+    return checkpoint_marking_recompute
+
+
+# The allowed values of the capacity options (HizooConfig's FIELD_CHOICES lists these same tuples)
 CAPACITY_RULES = ("reference", "ceil")
 CAPACITY_PRIORITIES = ("slot", "token")
 
@@ -92,7 +127,11 @@ class Router(nn.Module):
     Capacity (keyword arguments every router accepts): ``capacity_factor`` for training forwards (None:
     dropless), ``eval_capacity_factor`` for eval forwards (None: the same as ``capacity_factor``), and
     ``capacity_rule``, ``min_capacity``, ``capacity_priority`` as in ``expert_capacity``/``apply_capacity``.
+    ``recomputing`` is True while the forward is an activation-checkpoint replay (``routers_recomputing``,
+    ``recompute_aware``); routers update their state only when it is False.
     """
+
+    recomputing = False
 
     def __init__(self, num_experts: int, hidden_size: int, top_k: int, capacity_factor: float | None = None,
                  eval_capacity_factor: float | None = None, capacity_rule: str = "reference", min_capacity: int = 4,

@@ -7,8 +7,9 @@ import torch.distributed as dist
 from torch import Tensor
 from transformers import initialization as init
 
-from .base import Router, RoutingResult, in_backward_recompute
-from .losses import expert_counts, sequence_balance_loss
+from .base import Router, RoutingResult
+from .losses import sequence_balance_loss
+from .stats import expert_counts
 
 
 class GroupLimitedRouter(Router):
@@ -78,8 +79,8 @@ class GroupLimitedRouter(Router):
         expert_idx = self.select(scores.detach() + self.expert_bias)  # [T, K]  Eq. 16 (b only selects)
         weight = scores.gather(1, expert_idx)  # [T, K]
         weight = weight / weight.sum(dim=-1, keepdim=True) * self.routed_scaling_factor  # Eq. 13
-        if self.training and not in_backward_recompute():
-            self.step_load += expert_counts(expert_idx, self.num_experts)
+        if self.training and not self.recomputing:
+            self.step_load += expert_counts(expert_idx, self.num_experts).float()
         aux = {}
         if self.seq_aux_loss_coef > 0:
             if seq_len is None:

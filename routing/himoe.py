@@ -10,10 +10,14 @@ import torch
 from torch import Tensor, nn
 from transformers import initialization as init
 
-from .base import Router, RoutingResult, in_backward_recompute
+from .base import Router, RoutingResult
 from .losses import switch_load_balance_loss, z_loss
 
 _EPS = 1e-10
+# The allowed values of the options below (HizooConfig's FIELD_CHOICES lists these same tuples)
+HIMOE_REG_SOURCES = ("raw", "selection", "corrected")
+HIMOE_REG_FORMS = ("square", "entropy")
+HIMOE_GROUP_MASS = ("dense", "sparse")
 
 
 class HiMoERouter(Router):
@@ -58,9 +62,9 @@ class HiMoERouter(Router):
             raise ValueError(
                 f"HiMoERouter: num_experts={num_experts}, n_groups={n_groups}, topk_groups={topk_groups}, "
                 f"top_k={top_k} need n_groups | num_experts, topk_groups | top_k, top_k/topk_groups <= E/G")
-        for name, value, allowed in (("reg_source", reg_source, ("raw", "selection", "corrected")),
-                                     ("reg_form", reg_form, ("square", "entropy")),
-                                     ("group_mass", group_mass, ("dense", "sparse"))):
+        for name, value, allowed in (("reg_source", reg_source, HIMOE_REG_SOURCES),
+                                     ("reg_form", reg_form, HIMOE_REG_FORMS),
+                                     ("group_mass", group_mass, HIMOE_GROUP_MASS)):
             if value not in allowed:
                 raise ValueError(f"HiMoERouter: {name}={value!r} is not one of {allowed}")
         self.n_groups, self.topk_groups = n_groups, topk_groups
@@ -123,7 +127,7 @@ class HiMoERouter(Router):
 
     def forward(self, x: Tensor, seq_len: int | None = None) -> RoutingResult:
         logits = self.logits(x)  # [T, E] fp32  g
-        if self.training and not in_backward_recompute():
+        if self.training and not self.recomputing:
             with torch.no_grad():  # Eq. 3, before use (a checkpoint recompute reuses the updated ḡ)
                 self.logit_ema.mul_(self.ema_beta).add_(logits.mean(dim=0), alpha=1.0 - self.ema_beta)
         corrected = (logits - self.tau * self.logit_ema) / self.temperature  # [T, E]  ĝ, Eq. 4

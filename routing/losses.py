@@ -5,17 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-
-def expert_counts(expert_idx: Tensor, num_experts: int) -> Tensor:
-    """Routing slots sent to each expert.  [T, K] -> [E] fp32 (no gradient)."""
-    return torch.bincount(expert_idx.flatten(), minlength=num_experts).float()
+from .stats import expert_counts
 
 
 def expert_fraction(expert_idx: Tensor, num_experts: int) -> Tensor:
     """f_i = (tokens routing to expert i) / T, so Σ_i f_i = K: the normalization of ``transformers``'
     ``load_balancing_loss_func`` and of the Hi-MoE reference code (f per token, not per slot).
     [T, K] -> [E] fp32 (no gradient)."""
-    return expert_counts(expert_idx, num_experts) / expert_idx.shape[0]
+    return expert_counts(expert_idx, num_experts).float() / expert_idx.shape[0]
 
 
 def switch_load_balance_loss(probs: Tensor, expert_idx: Tensor, num_experts: int,

@@ -22,16 +22,25 @@ from torch import Tensor
 
 
 def expert_counts(expert_idx: Tensor, num_experts: int) -> Tensor:
-    """expert_idx [T, K] int -> number of (token, expert) pairs per expert [E] float64."""
-    if expert_idx.numel() and (int(expert_idx.min()) < 0 or int(expert_idx.max()) >= num_experts):
+    """expert_idx [T, K] int -> number of (token, expert) pairs routed to each expert [E] int64, on expert_idx's
+    device (exact at any count; callers cast: fp32 for the routers' losses and buffers, fp64 for statistics).
+
+    The one count every router and statistic uses. An index outside [0, E) raises ``ValueError``: ``bincount``
+    would return more than E entries for it, or fail on a negative one."""
+    flat = expert_idx.flatten().long()  # [T*K]
+    try:  # no range check of its own: bincount already reads min and max (a host sync on GPU); only errors re-read
+        counts = torch.bincount(flat, minlength=num_experts)  # [E], or longer when an index is >= E
+    except RuntimeError:  # a negative index
+        counts = None
+    if counts is None or counts.numel() != num_experts:
         raise ValueError(f"expert_idx has values outside [0, {num_experts}): "
-                         f"min {int(expert_idx.min())}, max {int(expert_idx.max())}")
-    return torch.bincount(expert_idx.flatten().long(), minlength=num_experts).double()
+                         f"min {int(flat.min())}, max {int(flat.max())}")
+    return counts
 
 
 def expert_load(expert_idx: Tensor, num_experts: int) -> Tensor:
     """expert_idx [T, K] -> load [E]: fraction of the T·K pairs routed to each expert (sums to 1)."""
-    counts = expert_counts(expert_idx, num_experts)
+    counts = expert_counts(expert_idx, num_experts).double()
     total = counts.sum()
     if total == 0:
         raise ValueError("expert_idx is empty: no tokens were routed")
@@ -50,11 +59,18 @@ def max_violation(load: Tensor) -> float:
     return float((load.max() - load.mean()) / load.mean())
 
 
+def entropy(p: Tensor, dim: int = -1) -> Tensor:
+    """Shannon entropy −Σ p log p in nats of distributions p [..., N] along ``dim``, with 0·log 0 = 0 (the limit),
+    so a distribution with empty entries is finite and exact. p must already sum to 1 along ``dim``.
+    [..., N] -> [...], in p's dtype. hizoo's one entropy: loads, stream shares, domain usage."""
+    return -(p * torch.where(p > 0, p.log(), torch.zeros_like(p))).sum(dim=dim)
+
+
 def load_entropy(load: Tensor, normalized: bool = False) -> float:
     """load [E] (sums to 1) -> Shannon entropy −Σ p log p in nats (0·log 0 = 0); divided by log E if
     ``normalized`` (then 1 for an even load, 0 when one expert takes all)."""
     p = load.double() / load.double().sum()
-    h = float(-(p * torch.where(p > 0, p.log(), torch.zeros_like(p))).sum())
+    h = float(entropy(p))
     if normalized:
         return h / math.log(p.numel()) if p.numel() > 1 else 1.0
     return h
@@ -125,7 +141,7 @@ class LoadAccumulator:
 
     def update(self, expert_idx: Tensor) -> None:
         """Add one batch's routing decisions expert_idx [T, K] (selections, as in ``routing_stats``)."""
-        self.counts += expert_counts(expert_idx.detach().cpu(), self.num_experts)
+        self.counts += expert_counts(expert_idx.detach().cpu(), self.num_experts).double()
 
     def reset(self) -> None:
         self.counts.zero_()

@@ -7,8 +7,9 @@ import torch.distributed as dist
 from torch import Tensor
 from transformers import initialization as init
 
-from .base import Router, RoutingResult, in_backward_recompute
-from .losses import expert_counts, switch_load_balance_loss, z_loss
+from .base import Router, RoutingResult
+from .losses import switch_load_balance_loss, z_loss
+from .stats import expert_counts
 
 
 class TopKRouter(Router):
@@ -28,8 +29,9 @@ class TopKRouter(Router):
       micro-batch uses f of micro-batches 1..k (the last one uses the full global batch), normalized by the
       tokens counted so far (Σ f = K, as the local f);
     - ``end_of_step()`` (called once per optimizer step by ``models.moe.update_router_states``) clears it.
-    P stays the local mean probability (the gradient path). A gradient-checkpointing recompute does not
-    count again: it reuses the counts of its original forward. Eval forwards use the local f.
+    P stays the local mean probability (the gradient path). A gradient-checkpointing recompute (marked by
+    ``recompute_aware``, as HizooBlock's checkpointing does) does not count again: it reuses the counts of its
+    original forward. Eval forwards use the local f.
     """
 
     def __init__(self, num_experts: int, hidden_size: int, top_k: int, norm_topk_prob: bool = False,
@@ -54,8 +56,8 @@ class TopKRouter(Router):
         """f [E] over the global batch so far, or None for the local f."""
         if not (self.global_balance and self.training):
             return None
-        if not in_backward_recompute():
-            counts = expert_counts(expert_idx, self.num_experts)  # [E]
+        if not self.recomputing:
+            counts = expert_counts(expert_idx, self.num_experts).float()  # [E]
             if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
                 dist.all_reduce(counts)
             self.global_counts += counts

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from ..analysis.callback import DiagnosticsCallback
@@ -22,6 +21,7 @@ from ..analysis.report import collect
 from ..data import HizooDataModule
 from ..models.files import atomic_write_json, read_json
 from ..models.lightning import HizooLightningModule
+from ..models.loss import next_token_cross_entropy
 from .variants import Scale, Variant
 
 
@@ -65,8 +65,8 @@ def validation_ce(model, datamodule: HizooDataModule, max_batches: int | None = 
         if i == max_batches:
             break
         ids = batch["input_ids"].to(device)  # [B, S]
-        logits = model(ids, use_cache=False).logits[:, :-1].float()  # [B, S-1, V]
-        total += float(F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="sum"))
+        logits = model(ids, use_cache=False).logits  # [B, S, V]
+        total += float(next_token_cross_entropy(logits, ids, reduction="sum"))
         count += ids[:, 1:].numel()
     return total / count
 

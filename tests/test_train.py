@@ -26,6 +26,7 @@ def tiny_run(tmp_path_factory):
     return workdir / "tiny"
 
 
+@pytest.mark.slow  # a training run of train.py (the tiny config; DDP, resume or a fresh interpreter)
 def test_tiny_run_learns_and_exports(tiny_run):
     version = tiny_run  # the run folder holds the logs, checkpoints/ and hf_model/
     export = version / "hf_model"
@@ -58,6 +59,7 @@ print("generated:", repr(tok.decode(out[0])))
 """
 
 
+@pytest.mark.slow  # a training run of train.py (the tiny config; DDP, resume or a fresh interpreter)
 def test_export_loads_in_fresh_interpreter_and_generates(tiny_run):
     export = tiny_run / "hf_model"
     result = subprocess.run([sys.executable, "-c", _FRESH, str(export)], capture_output=True, text=True, timeout=300)
@@ -65,6 +67,7 @@ def test_export_loads_in_fresh_interpreter_and_generates(tiny_run):
     assert "generated:" in result.stdout
 
 
+@pytest.mark.slow  # a training run of train.py (the tiny config; DDP, resume or a fresh interpreter)
 def test_export_has_consistent_special_tokens_left_padding_and_a_card(tiny_run):
     """The end-of-run export: tokenizer ids in config and generation config (so generate stops at eos), a tokenizer
     that pads on the left with the model's context length, auto_map and code, and a card with the run's numbers."""
@@ -95,6 +98,7 @@ def test_export_has_consistent_special_tokens_left_padding_and_a_card(tiny_run):
     assert f'from_pretrained("{export}", trust_remote_code=True)' in card
 
 
+@pytest.mark.slow  # a training run of train.py (the tiny config; DDP, resume or a fresh interpreter)
 def test_export_loads_and_generates_without_hizoo(tiny_run, tmp_path):
     """tests/models/fresh_env_check.py: the export loads in an interpreter that cannot import hizoo, and batched
     left-padded greedy generation from its tokenizer equals the package's."""
@@ -124,6 +128,7 @@ def test_export_loads_and_generates_without_hizoo(tiny_run, tmp_path):
     assert result.returncode == 0 and "ok tiny_run" in result.stdout, result.stdout + result.stderr[-3000:]
 
 
+@pytest.mark.slow  # a training run of train.py (the tiny config; DDP, resume or a fresh interpreter)
 def test_checkpoint_loads_into_the_same_model(tiny_run):
     from hizoo.models.lightning import load_model_from_checkpoint
 
@@ -148,6 +153,7 @@ def test_bad_checkpoints_raise(tmp_path):
         load_model_from_checkpoint(tmp_path / "foreign.ckpt")
 
 
+@pytest.mark.slow  # a training run of train.py (the tiny config; DDP, resume or a fresh interpreter)
 def test_unknown_config_key_is_rejected(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "train.py"), "fit", "--config", TINY, "--model.learning_rat", "1"],
                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
@@ -181,6 +187,7 @@ class _CrashAt(L.Callback):
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow  # a training run of train.py (the tiny config; DDP, resume or a fresh interpreter)
 def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path):
     """30 steps straight vs a run interrupted at step 12, resumed with --ckpt_path last (step 10): same losses,
     and the run folder's TensorBoard curve shows every step once."""
@@ -217,6 +224,7 @@ def test_every_config_parses_and_builds_a_valid_model_config(config_path, capsys
     assert "lightning.pytorch.callbacks.LearningRateMonitor" in callbacks  # every training config logs the lr
 
 
+@pytest.mark.slow  # a training run of train.py (the tiny config; DDP, resume or a fresh interpreter)
 def test_ddp_with_two_cpu_processes(tmp_path):
     """configs/ddp_cpu.yaml (strategy ddp, 2 gloo processes, global-batch balance) trains, exits cleanly and exports."""
     args = ["fit", "--config", str(REPO / "configs" / "ddp_cpu.yaml"), "--trainer.max_steps", "4",

@@ -53,6 +53,7 @@ def _scalars(run_dir: Path, tag: str) -> list:
 
 
 # -- load_from_checkpoint ---------------------------------------------------------------------------------------
+@pytest.mark.slow  # uses the module's training run of train.py (the tiny config)
 def test_load_from_checkpoint_gives_the_trained_modules_logits(run, monkeypatch):
     run_dir, trained, _ = run
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -75,6 +76,7 @@ def test_load_from_checkpoint_gives_the_trained_modules_logits(run, monkeypatch)
         torch.testing.assert_close(loaded.model(ids).logits, trained.model(ids).logits, atol=0, rtol=0)
 
 
+@pytest.mark.slow  # uses the module's training run of train.py (the tiny config)
 def test_load_from_checkpoint_of_an_earlier_version_takes_the_vocabulary_from_the_model_config(run, tmp_path):
     """Checkpoints written before the vocabulary size went into the hyperparameters carry HizooConfig's default
     there; the model config saved next to the weights has the tokenizer's size."""
@@ -93,6 +95,7 @@ def test_load_from_checkpoint_of_an_earlier_version_takes_the_vocabulary_from_th
         torch.testing.assert_close(loaded.model(ids).logits, trained.model(ids).logits, atol=0, rtol=0)
 
 
+@pytest.mark.slow  # uses the module's training run of train.py (the tiny config)
 def test_load_from_checkpoint_refuses_unsafe_and_bad_files(run, tmp_path):
     run_dir, _, _ = run
     with pytest.raises(ValueError, match="weights_only=False is refused"):
@@ -116,6 +119,7 @@ def test_split_held_out_spreads_the_test_documents_evenly():
     assert split_held_out(docs[:3], 0.5) == ([0, 2], [1])
 
 
+@pytest.mark.slow  # uses the module's training run of train.py (the tiny config)
 def test_test_split_is_disjoint_and_leaves_the_training_split_unchanged(run, tmp_path):
     """Document by document: train, validation and test are disjoint and cover the corpus; with test_fraction the
     training documents and packed sequences (hence the training order) are those of test_fraction=0, and the
@@ -147,6 +151,7 @@ def test_test_split_is_disjoint_and_leaves_the_training_split_unchanged(run, tmp
         without.test_dataloader()
 
 
+@pytest.mark.slow  # uses the module's training run of train.py (the tiny config)
 def test_test_subcommand_logs_the_mean_token_cross_entropy_of_the_test_split(run):
     run_dir, _, data = run
     config_yaml = (run_dir / "config.yaml").read_bytes()
@@ -174,6 +179,7 @@ def test_test_subcommand_logs_the_mean_token_cross_entropy_of_the_test_split(run
     assert (run_dir / "config_test.yaml").is_file()
 
 
+@pytest.mark.slow  # uses the module's training run of train.py (the tiny config)
 def test_test_subcommand_refuses_what_would_not_be_held_out(run, tmp_path):
     run_dir, _, data = run
     base = ["test", "--config", TINY, "--trainer.default_root_dir", str(run_dir)]
@@ -192,6 +198,7 @@ def test_test_subcommand_refuses_what_would_not_be_held_out(run, tmp_path):
 PROMPTS = ["def main(", "import os\n"]
 
 
+@pytest.mark.slow  # uses the module's training run of train.py (the tiny config)
 def test_predict_greedy_equals_generate_of_the_exported_model(run, tmp_path):
     """predict writes prompt, completion and ids per prompt to the run folder; each equals what the exported model's
     own generate gives for that prompt alone (loaded through transformers, its tokenizer and generation config)."""
@@ -218,6 +225,7 @@ def test_predict_greedy_equals_generate_of_the_exported_model(run, tmp_path):
         assert p["finish_reason"] == ("eos" if stopped else "length") and (stopped or len(expected) == 12)
 
 
+@pytest.mark.slow  # uses the module's training run of train.py (the tiny config)
 def test_predict_sampling_is_seeded_per_prompt(run, tmp_path):
     run_dir, _, data = run
     prompts = tmp_path / "prompts.txt"
@@ -240,6 +248,7 @@ def test_predict_sampling_is_seeded_per_prompt(run, tmp_path):
         assert p["completion_ids"] == expected[0, ids.shape[1]:].tolist()
 
 
+@pytest.mark.slow  # uses the module's training run of train.py (the tiny config)
 def test_predict_refuses_bad_prompts_and_settings(run, tmp_path):
     run_dir, _, data = run
     base = ["predict", "--config", TINY, "--trainer.default_root_dir", str(run_dir), *data, "--ckpt_path", "last"]
@@ -299,6 +308,7 @@ def test_test_fraction_is_validated(fraction):
 
 
 # -- the export as a callback -----------------------------------------------------------------------------------
+@pytest.mark.slow  # uses the module's training run of train.py (the tiny config)
 def test_export_callback_exports_after_validate_in_a_users_trainer(run, tmp_path):
     """A plain Trainer with HFExportCallback(on_validate=True): validate of the run's checkpoint exports to
     <root>/hf_model-step10 a model with the checkpoint's logits; without a trained checkpoint nothing is written."""
@@ -327,6 +337,7 @@ def test_export_callback_exports_after_validate_in_a_users_trainer(run, tmp_path
     assert not (tmp_path / "untrained").exists()
 
 
+@pytest.mark.slow  # uses the module's training run of train.py (the tiny config)
 def test_learning_rate_is_logged(run):
     """configs/tiny.yaml's LearningRateMonitor: the learning rate of each AdamW parameter group (decayed and not),
     every log_every_n_steps=5 steps, as the schedule gives it: lr 3e-3, 5 warm-up steps, then cosine to 0.1·lr

@@ -5,10 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
 
+
+@pytest.mark.slow  # a 2-process expert-parallel training run
 
 def test_ep_cpu_config_trains_and_exports_every_expert(tmp_path):
     """~20-30 s: Lightning launches a second interpreter and both tokenize a small corpus slice."""

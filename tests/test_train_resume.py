@@ -27,6 +27,8 @@ STEPS, EVERY = 40, 4
 sys.path.insert(0, str(REPO))
 import train  # noqa: E402  (train.py is a script at the repository root)
 
+pytestmark = pytest.mark.slow  # training runs of train.py in subprocesses
+
 
 def _config(path: Path, cache: Path, base: str = "tiny.yaml", **trainer) -> Path:
     """A copy of configs/<base> with a shorter run, every step logged, and the shared tokenizer cache."""

@@ -20,6 +20,8 @@ TINY = str(REPO / "configs" / "tiny.yaml")
 sys.path.insert(0, str(REPO))
 import train  # noqa: E402  (train.py is a script at the repository root)
 
+pytestmark = pytest.mark.slow  # training runs on prepared shards, one under DDP
+
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma".split()
 
 

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 
@@ -16,6 +17,7 @@ class _Payload:
         return (os.mkdir, (self.target,))
 
 
+@pytest.mark.slow  # the analysis command line in a fresh interpreter
 def test_analysis_cli_does_not_run_a_crafted_checkpoint(tmp_path):
     target = tmp_path / "EXECUTED"
     ckpt = tmp_path / "model.ckpt"

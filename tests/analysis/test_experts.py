@@ -62,6 +62,10 @@ def test_collect_on_a_moe_mhc_model_fills_every_section():
         experts_backend="eager", residual="mhc", n_streams=2)).eval()
     ids = torch.randint(0, 48, (2, 8))
     report = collect(model, ids, domain_ids=torch.randint(0, 2, (2, 8)), domain_names=["a", "b"])
+    with torch.no_grad():  # the report's loss is the next-token CE of the model's logits
+        logits = model(ids).logits
+    expected = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+    assert report["loss"] == pytest.approx(float(expected), rel=1e-6)
     assert report["experts"]["moe_layers"] == [0, 1]
     assert report["domains"]["all_layers"]["domains"] == ["a", "b"]
     assert len(report["streams"]["layers"]) == 2 and "ablation" in report["streams"]

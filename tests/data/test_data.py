@@ -38,6 +38,7 @@ def _datamodule(tmp_path, **kw):
     return dm
 
 
+@pytest.mark.slow  # trains a tokenizer and builds two data modules
 def test_packing_and_deterministic_order(tmp_path):
     a, b = _datamodule(tmp_path), _datamodule(tmp_path)
     assert a.train_set.input_ids.shape[1] == 32
@@ -73,6 +74,7 @@ def test_local_files_become_domains(tmp_path):
     assert dm.domain_names == ["alpha", "beta", "gamma"]
 
 
+@pytest.mark.slow  # datasets' offline lookup of a hub name
 def test_hub_name_without_network_gives_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -170,6 +170,7 @@ def _no_whitespace(n_chars: int, seed: int = 0) -> str:
     return "".join(rng.choice(words) for _ in range(n_chars // 5))[:n_chars]
 
 
+@pytest.mark.slow  # trains tokenizers on growing corpora
 def test_training_on_text_without_whitespace_is_fast_and_linear(tmp_path):
     """Uncut, 100 K / 200 K such characters took 1.7 / 6.7 s (quadratic); cut, 1 M take about a second."""
     times = {}

@@ -119,6 +119,7 @@ def test_prepared_folder_trains_on_the_in_memory_modules_sequences(corpus, tmp_p
                 assert torch.equal(a[i]["domain_ids"], b[i]["domain_ids"])
 
 
+@pytest.mark.slow  # prepares with worker processes
 def test_output_is_byte_identical_for_any_num_proc(corpus, tmp_path):
     # two worker processes per shard: several seconds of process start-up, the point of the test
     files, tok_dir = corpus

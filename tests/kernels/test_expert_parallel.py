@@ -35,6 +35,7 @@ def launch(script: Path, *args: str, nprocs: int = 2, timeout: float = 300) -> l
     return outputs
 
 
+@pytest.mark.slow  # starts two processes (gloo)
 def test_two_ranks_match_the_eager_reference():
     """Uneven all-to-all by hand; EP=2 experts = eager on all experts (output, dx, dweight, dw13, dw2 summed
     over the ranks' losses) with eager and grouped_mm, K=1, all pairs on one rank, a rank without tokens."""

@@ -18,6 +18,7 @@ from hizoo.kernels.eager import eager_experts
 HELPER = Path(__file__).with_name("triton_interpret_check.py")
 
 
+@pytest.mark.slow  # Triton's interpreter in a subprocess
 def test_triton_experts_match_eager_under_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1")
     proc = subprocess.run([sys.executable, str(HELPER)], env=env, capture_output=True, text=True, timeout=600)

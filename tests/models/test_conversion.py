@@ -71,6 +71,7 @@ print("fresh-interpreter logits match")
 """
 
 
+@pytest.mark.slow  # a fresh interpreter (the converter's command line)
 def test_save_and_load_in_fresh_interpreter(tmp_path):
     olmoe = _random_olmoe(seed=1)
     ours = HizooForCausalLM.from_olmoe(olmoe)
@@ -87,6 +88,7 @@ def test_save_and_load_in_fresh_interpreter(tmp_path):
     assert "logits match" in result.stdout
 
 
+@pytest.mark.slow  # a fresh interpreter (the converter's command line)
 def test_cli_converts_a_checkpoint_directory(tmp_path):
     olmoe = _random_olmoe(seed=2, tie_word_embeddings=True)
     olmoe.save_pretrained(tmp_path / "olmoe")
@@ -103,6 +105,7 @@ def test_cli_converts_a_checkpoint_directory(tmp_path):
         torch.testing.assert_close(loaded(ids).logits, olmoe(ids).logits, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow  # a fresh interpreter (the converter's command line)
 def test_cli_rejects_a_directory_without_config(tmp_path):
     result = subprocess.run([sys.executable, "-m", "hizoo.models.convert_olmoe", str(tmp_path), str(tmp_path / "o")],
                             capture_output=True, text=True, timeout=120)

@@ -47,6 +47,7 @@ def worker_outputs(tmp_path_factory) -> list[str]:
     return launch(HERE / "expert_parallel_worker.py", str(tmp_path_factory.mktemp("ep")))
 
 
+@pytest.mark.slow  # two worker processes train with EP=2 and EP=1
 @pytest.mark.parametrize("router", ["topk", "topk_global_balance", "group_limited", "himoe", "himoe_recompute"])
 def test_ep2_equals_ep1_for_every_router(worker_outputs, router):
     """Same global batch, one batch per rank under DDP: losses, every gradient (experts gathered), the clipped
@@ -58,18 +59,21 @@ def test_ep2_equals_ep1_for_every_router(worker_outputs, router):
         assert f"ok {router}\n" in out, out[-3000:]
 
 
+@pytest.mark.slow  # two worker processes train with EP=2 and EP=1
 def test_lightning_ep2_equals_ep1(worker_outputs):
     """HizooLightningModule under Lightning's DDP on 2 CPU processes, with gradient accumulation, clipping and the
     diagnostics callback: EP=2 and EP=1 log the same losses."""
     assert all("ok ep2_equals_ep1\n" in out for out in worker_outputs)
 
 
+@pytest.mark.slow  # two worker processes train with EP=2 and EP=1
 def test_lightning_checkpoints_resume_across_sizes(worker_outputs):
     """A checkpoint written with EP=2 resumes with EP=1 and one written with EP=1 resumes with EP=2, and both
     continue with the same losses (weights and AdamW moments moved across the sizes)."""
     assert all("ok resume_across_sizes\n" in out for out in worker_outputs)
 
 
+@pytest.mark.slow  # two worker processes train with EP=2 and EP=1
 def test_export_after_expert_parallel_loads_and_matches(worker_outputs):
     """save_pretrained of the state gathered to rank 0 loads with from_pretrained and gives the logits of the
     last checkpoint (exactly) and of the EP=1 run (fp32 tolerance)."""

@@ -203,20 +203,24 @@ def _ok(result, name):
     assert f"ok {name}\n" in result.stdout, result.stdout + result.stderr[-4000:]
 
 
+@pytest.mark.slow  # saves every kind and loads it in a fresh interpreter
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_every_kind_loads_without_hizoo_with_the_same_logits_and_generation(fresh_run, name):
     _ok(fresh_run, name)
 
 
+@pytest.mark.slow  # saves every kind and loads it in a fresh interpreter
 def test_the_fresh_environment_check_ran_every_export_and_found_no_hizoo_module(fresh_run, exports):
     assert fresh_run.returncode == 0, fresh_run.stdout + fresh_run.stderr[-4000:]
     assert f"all {len(exports[1])} exports loaded without hizoo" in fresh_run.stdout
 
 
+@pytest.mark.slow  # saves every kind and loads it in a fresh interpreter
 def test_generation_stops_at_eos_in_the_exported_model(fresh_run):
     _ok(fresh_run, "stops_at_eos")
 
 
+@pytest.mark.slow  # saves every kind and loads it in a fresh interpreter
 def test_exported_tokenizer_pads_left_and_agrees_on_special_tokens(fresh_run, exports):
     _ok(fresh_run, "with_tokenizer")
     path = Path(exports[0] / "with_tokenizer")
@@ -228,6 +232,7 @@ def test_exported_tokenizer_pads_left_and_agrees_on_special_tokens(fresh_run, ex
     assert tokenizer["padding_side"] == "left" and tokenizer["model_max_length"] == BASE["max_position_embeddings"]
 
 
+@pytest.mark.slow  # saves every kind and loads it in a fresh interpreter
 def test_converted_olmoe_is_self_contained_with_the_olmoe_special_tokens(fresh_run, exports):
     _ok(fresh_run, "converted_olmoe")
     path = exports[0] / "converted"

@@ -58,6 +58,7 @@ def _train(tmp_path, router: str, batch: int, accumulation: int):
     return model, callback, logs
 
 
+@pytest.mark.slow  # transformers' Trainer trains twice
 @pytest.mark.parametrize("router", sorted(ROUTERS))
 def test_accumulation_equals_one_large_batch_and_router_state_moves_once_per_step(tmp_path, router):
     accumulated, callback, logs_acc = _train(tmp_path, router, batch=1, accumulation=4)

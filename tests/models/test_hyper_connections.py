@@ -9,7 +9,6 @@ from transformers import AutoModelForCausalLM
 import hizoo  # noqa: F401  (registers the Auto classes)
 from hizoo import HizooConfig, HizooForCausalLM
 from hizoo.models.hyper_connections import CONNECTIONS, ResidualStreams, residual_streams
-from hizoo.models.sinkhorn import permutation_matrices, permutation_mixture, sinkhorn_log
 
 TINY = dict(vocab_size=61, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48)
 
@@ -43,53 +42,6 @@ def test_each_kind_builds_its_class(overrides, name):
     conn = residual_streams(HizooConfig(**TINY, **overrides), 1, "ffn")
     assert (conn.layer_idx, conn.branch, conn.index) == (1, "ffn", 3)
 
-
-# ------------------------------------------------------------------ Sinkhorn and the permutation mixture (models/sinkhorn.py)
-
-
-def test_sinkhorn_is_doubly_stochastic_for_random_logits():
-    logits = torch.randn(4096, 4, 4, generator=torch.Generator().manual_seed(0)) * 0.5
-    m = sinkhorn_log(logits.bfloat16(), 20)
-    assert m.dtype == torch.float32 and (m > 0).all()  # fp32 for half-precision logits
-    m = sinkhorn_log(logits, 20)
-    torch.testing.assert_close(m.sum(-1), torch.ones(4096, 4), atol=1e-5, rtol=0)
-    torch.testing.assert_close(m.sum(-2), torch.ones(4096, 4), atol=1e-5, rtol=0)
-
-
-def test_sinkhorn_on_wide_logits_is_exact_on_the_last_axis_and_converges_on_the_other():
-    """20 iterations do not fully converge when logits spread over ±10: the last normalization (over outputs j,
-    the official order) is exact, the input axis approaches 1 as iterations grow (and the -8/0 init is
-    converged at once)."""
-    logits = torch.randn(1024, 4, 4, generator=torch.Generator().manual_seed(0)) * 3
-    errors = []
-    for iters in (5, 20, 200):
-        m = sinkhorn_log(logits, iters)
-        torch.testing.assert_close(m.sum(-1), torch.ones(1024, 4), atol=1e-5, rtol=0)
-        errors.append((m.sum(-2) - 1).abs().max().item())
-    assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-2
-    init = torch.full((4, 4), -8.0).fill_diagonal_(0.0)
-    torch.testing.assert_close(sinkhorn_log(init, 20).sum(-2), torch.ones(4), atol=1e-6, rtol=0)
-
-
-def test_sinkhorn_matches_the_log_domain_reference_and_its_gradient():
-    def reference(logits, iters):  # the official code's order: input axis (dim −2) first, output axis last
-        for _ in range(iters):
-            logits = logits - torch.logsumexp(logits, dim=-2, keepdim=True)
-            logits = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
-        return logits.exp()
-
-    logits = (torch.randn(2, 5, 4, 4, dtype=torch.float64) * 2).requires_grad_()
-    torch.testing.assert_close(sinkhorn_log(logits, 20), reference(logits, 20))
-    assert torch.autograd.gradcheck(lambda x: sinkhorn_log(x, 6), (logits,))
-    wide = torch.tensor([[0.0, -200.0], [-200.0, 0.0]])  # far past the clamp: still finite, still ≈ I
-    assert torch.allclose(sinkhorn_log(wide, 20), torch.eye(2))
-
-def test_permutation_mixture_is_doubly_stochastic_and_identity_first():
-    perms = permutation_matrices(3)
-    assert perms.shape == (6, 3, 3) and torch.equal(perms[0], torch.eye(3))
-    m = permutation_mixture(torch.randn(10, 6) * 4)
-    torch.testing.assert_close(m.sum(-1), torch.ones(10, 3), atol=1e-6, rtol=0)
-    torch.testing.assert_close(m.sum(-2), torch.ones(10, 3), atol=1e-6, rtol=0)
 
 # ---------------------------------------------------------------------------------------------- model-level
 

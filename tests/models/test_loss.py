@@ -1,4 +1,5 @@
-"""The loss follows OLMoE's convention and transformers' causal-LM loss.
+"""The loss follows OLMoE's convention and transformers' causal-LM loss (HizooForCausalLM.forward), and
+models/loss.py's ``next_token_cross_entropy`` (the CE of logits formed outside the forward) is the same loss.
 
 - `loss` is the cross-entropy alone in evaluation (exp(loss) is the perplexity) and adds the router losses when
   training or when `output_router_logits=True`; `ce_loss`, `aux_loss` and each term of `aux_losses` come back
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from transformers import OlmoeConfig, OlmoeForCausalLM
 
 from hizoo import HizooConfig, HizooForCausalLM
+from hizoo.models.loss import next_token_cross_entropy
 
 MOE = dict(vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
            ffn="moe", num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, experts_backend="eager",
@@ -124,3 +126,24 @@ def test_num_items_in_batch_sums_the_ce_and_weights_the_router_losses_by_this_ba
     # a micro-batch of the window without any target is legitimate: its CE sum is 0
     empty = model(ids, labels=torch.full_like(ids, -100), num_items_in_batch=44)
     assert empty.ce_loss == 0 and empty.loss == 0
+
+
+def test_next_token_cross_entropy_is_the_shifted_cross_entropy_and_the_models_ce_loss():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 7, 11, dtype=torch.float64)
+    ids = torch.randint(0, 11, (3, 7))
+    flat_logits, targets = logits[:, :-1].reshape(-1, 11), ids[:, 1:].reshape(-1)  # position s predicts token s + 1
+    torch.testing.assert_close(next_token_cross_entropy(logits, ids), F.cross_entropy(flat_logits.float(), targets))
+    torch.testing.assert_close(next_token_cross_entropy(logits, ids, reduction="sum"),
+                               F.cross_entropy(flat_logits.float(), targets, reduction="sum"))
+    masked = ids.clone()
+    masked[:, 3:] = -100  # positions 0..1 keep a target
+    torch.testing.assert_close(next_token_cross_entropy(logits, masked),
+                               F.cross_entropy(logits[:, :2].reshape(-1, 11).float(), ids[:, 1:3].reshape(-1)))
+    with pytest.raises(ValueError, match="reduction='none'"):
+        next_token_cross_entropy(logits, ids, reduction="none")
+    model = HizooForCausalLM(HizooConfig(**MOE)).eval()
+    ids = torch.randint(0, 97, (2, 10))
+    with torch.no_grad():
+        out = model(ids, labels=ids)
+    torch.testing.assert_close(next_token_cross_entropy(out.logits, ids), out.ce_loss)

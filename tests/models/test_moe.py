@@ -70,21 +70,38 @@ def test_update_router_states_calls_each_router():
         assert layer.ffn.router.expert_bias.abs().sum() > 0 and layer.ffn.router.step_load.sum() == 0
 
 
-@pytest.mark.parametrize("router", ["himoe", "group_limited"])
-def test_gradient_checkpointing_updates_router_state_once(router):
-    overrides = ROUTERS[router][0]
+@pytest.mark.parametrize("reentrant", [False, True])
+@pytest.mark.parametrize("router", ["himoe", "group_limited", "topk_global"])
+def test_gradient_checkpointing_updates_router_state_once(router, reentrant):
+    """Two optimizer steps with and without transformers' gradient checkpointing: the same router state (Hi-MoE
+    EMA, loss-free bias and its step loads, global-batch counts) and the same gradients, because HizooBlock's
+    checkpointing marks the recompute (routing.recompute_aware) and the routers skip their updates in it."""
+    overrides = dict(router="topk", router_global_balance=True) if router == "topk_global" else ROUTERS[router][0]
+    config = {**TINY, **overrides, "router_bias_update_rate": 0.05}
     torch.manual_seed(0)
-    plain = HizooForCausalLM(HizooConfig(**{**TINY, **overrides})).train()
-    ckpt = HizooForCausalLM(HizooConfig(**{**TINY, **overrides})).train()
+    plain = HizooForCausalLM(HizooConfig(**config)).train()
+    ckpt = HizooForCausalLM(HizooConfig(**config)).train()
     ckpt.load_state_dict(plain.state_dict())
-    ckpt.activation_checkpointing_enable()
-    ids = torch.randint(0, 32, (2, 8))
-    plain(ids, labels=ids).loss.backward()
-    ckpt(ids, labels=ids).loss.backward()
+    ckpt.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
+    assert all(layer.gradient_checkpointing for layer in ckpt.model.layers)
+    for step in range(2):
+        ids = torch.randint(0, 32, (2, 8))
+        for model in (plain, ckpt):
+            model.zero_grad()
+            model(ids, labels=ids).loss.backward()
+        for a, b in zip(plain.model.layers, ckpt.model.layers):
+            for name, buf in a.ffn.router.named_buffers():  # before the step's update: counts and loads
+                torch.testing.assert_close(dict(b.ffn.router.named_buffers())[name], buf, msg=f"{step} {name}")
+            if not reentrant:  # reentrant checkpointing drops the aux losses' gradient (they travel in RoutingResult)
+                torch.testing.assert_close(b.ffn.router.weight.grad, a.ffn.router.weight.grad)
+            assert not b.ffn.router.recomputing
+        update_router_states(plain)
+        update_router_states(ckpt)
     for a, b in zip(plain.model.layers, ckpt.model.layers):
-        for name, buf in a.ffn.router.named_buffers():
+        for name, buf in a.ffn.router.named_buffers():  # after the updates: the bias and EMA moved alike
             torch.testing.assert_close(dict(b.ffn.router.named_buffers())[name], buf, msg=name)
-        torch.testing.assert_close(b.ffn.router.weight.grad, a.ffn.router.weight.grad)
+    if router == "group_limited":
+        assert plain.model.layers[0].ffn.router.expert_bias.abs().sum() > 0  # the bias did move
 
 
 def test_init_weights_resets_router_state():

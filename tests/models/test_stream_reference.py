@@ -12,7 +12,6 @@ from torch import nn
 from hizoo import HizooConfig, HizooForCausalLM
 from hizoo.models.hyper_connections import connection_index, residual_streams
 from hizoo.models.modeling import RMSNorm
-from hizoo.models.sinkhorn import sinkhorn_log
 from hizoo.models.stream_init import StreamExpansion, reduce_streams
 
 TINY = dict(vocab_size=61, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48)
@@ -77,58 +76,6 @@ def test_model_logits_are_lm_head_of_the_reduction(reduce):
     assert not torch.allclose(out.logits, model.lm_head(other), atol=1e-3)
     torch.testing.assert_close(out.hidden_states[-1], by_hand)
     torch.testing.assert_close(out.hidden_states[-2], out.diagnostics[-2]["streams"].sum(-2))  # entering the last layer
-
-
-# ---------------------------------------------------------------------------------------------- Sinkhorn
-
-
-def log_domain_sinkhorn(logits, iters):
-    """The official code's sinkhorn_knopps: logsumexp over dim −2 (inputs), then dim −1 (outputs)."""
-    for _ in range(iters):
-        logits = logits - torch.logsumexp(logits, dim=-2, keepdim=True)
-        logits = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
-    return logits.exp()
-
-
-def test_sinkhorn_order_by_hand():
-    """exp(L) = [[1, 2], [3, 4]] (rows: input i, columns: output j), one iteration. Inputs first: columns
-    [1, 3]/4 and [2, 4]/6, then rows: [3/7, 4/7], [9/17, 8/17]. (Outputs first would give [[7/16, 7/13], ...].)"""
-    L = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).log()
-    expected = torch.tensor([[3 / 7, 4 / 7], [9 / 17, 8 / 17]])
-    torch.testing.assert_close(sinkhorn_log(L, 1), expected)
-    torch.testing.assert_close(log_domain_sinkhorn(L, 1), expected)
-
-
-@pytest.mark.parametrize("std", [0.5, 3.0, 10.0, 20.0])
-def test_sinkhorn_equals_the_log_domain_reference_in_fp32(std):
-    """Same order, 20 iterations, fp32 against the log domain in fp64: within 1e-6 wherever a matrix's logit
-    spread (max − min) is at most 80, the documented range (std 20 on 16 entries: about 3000 of 4096)."""
-    logits = torch.randn(4096, 4, 4, generator=torch.Generator().manual_seed(0)) * std
-    ours = sinkhorn_log(logits, 20)
-    err = (ours - log_domain_sinkhorn(logits.double(), 20).float()).abs().amax((-2, -1))
-    in_range = logits.amax((-2, -1)) - logits.amin((-2, -1)) <= 80
-    assert in_range.sum() > 3000 and err[in_range].max() < 1e-6
-    torch.testing.assert_close(ours.sum(-1), torch.ones(4096, 4), atol=1e-6, rtol=0)  # the last axis is exact
-
-
-def test_sinkhorn_departs_from_the_log_domain_only_past_spreads_of_80():
-    """The documented limit, so that it cannot silently move: with std 30 some matrices past a spread of 80
-    differ by more than 1e-3, none within it by more than 1e-6."""
-    logits = torch.randn(4096, 4, 4, generator=torch.Generator().manual_seed(0)) * 30
-    err = (sinkhorn_log(logits, 20) - log_domain_sinkhorn(logits.double(), 20).float()).abs().amax((-2, -1))
-    in_range = logits.amax((-2, -1)) - logits.amin((-2, -1)) <= 80
-    assert err[~in_range].max() > 1e-3 and err[in_range].max() < 1e-6
-
-
-def test_sinkhorn_analytic_backward_in_fp64():
-    logits = (torch.randn(3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 2)
-    logits.requires_grad_()
-    assert torch.autograd.gradcheck(lambda x: sinkhorn_log(x, 5), (logits,))
-    # and the gradient equals autograd through the official log-domain iteration
-    w = torch.randn(3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    (g_ours,) = torch.autograd.grad((sinkhorn_log(logits, 20) * w).sum(), logits)
-    (g_ref,) = torch.autograd.grad((log_domain_sinkhorn(logits, 20) * w).sum(), logits)
-    torch.testing.assert_close(g_ours, g_ref, atol=1e-10, rtol=1e-8)
 
 
 # ---------------------------------------------------------------------------------------------- connections by hand

@@ -4,6 +4,7 @@ length; tokens/s and MFU timed over the optimizer step's own work, without valid
 import time
 
 import lightning as L
+import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader
@@ -79,6 +80,7 @@ class _StepClock(L.Callback):
             self.logged.append(self.tokens_per_step / float(value))
 
 
+@pytest.mark.slow  # a Lightning training run
 def test_throughput_excludes_validation_and_checkpoint_time():
     ids = torch.randint(0, 100, (16, 16))
     data = [{"input_ids": row} for row in ids]

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from hizoo.routing import GroupLimitedRouter
+from hizoo.routing import GroupLimitedRouter, recompute_aware
 
 
 def identity_router(E: int, **kwargs) -> GroupLimitedRouter:
@@ -54,11 +54,16 @@ def test_end_of_step_applies_sign_update_once_from_training_loads():
     torch.testing.assert_close(router.expert_bias, torch.tensor([-0.1, 0.0, 0.1, 0.0]))
 
 
-def test_loads_counted_once_under_checkpoint_recompute():
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_loads_counted_once_under_checkpoint_recompute(reentrant):
     router = identity_router(4, top_k=1).train()
     x = torch.tensor([[5.0, 0, 0, 0], [0, 5.0, 0, 0]], requires_grad=True)
-    checkpoint(lambda t: router(t).expert_weight.sum(), x, use_reentrant=False).backward()
+    # the seq-balance loss needs every output of the router, so the replay runs the whole forward
+    router.seq_aux_loss_coef = 1.0
+    loss = recompute_aware(checkpoint, router)(lambda t: router(t, seq_len=2).aux_loss, x, use_reentrant=reentrant)
+    loss.backward()
     assert router.step_load.tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert not router.recomputing  # the mark ends with the replay
 
 
 def test_loss_free_bias_balances_skewed_input():

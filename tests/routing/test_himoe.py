@@ -6,7 +6,7 @@ from torch.utils.checkpoint import checkpoint
 
 from hizoo import HizooConfig, HizooForCausalLM
 from hizoo.models.moe import update_router_states
-from hizoo.routing import HiMoERouter
+from hizoo.routing import HiMoERouter, recompute_aware
 
 
 def identity_router(E: int, **kwargs) -> HiMoERouter:
@@ -105,10 +105,15 @@ def test_checkpoint_recompute_updates_ema_once_and_matches_gradients(reentrant):
         return r.expert_weight.square().sum() + r.aux_loss
 
     loss(a, x).backward()
-    checkpoint(loss, b, x.clone().requires_grad_(), use_reentrant=reentrant).backward()
+    recompute_aware(checkpoint, b)(loss, b, x.clone().requires_grad_(), use_reentrant=reentrant).backward()
     torch.testing.assert_close(b.logit_ema, a.logit_ema)  # one update, not two
     torch.testing.assert_close(b.weight.grad, a.weight.grad)
     torch.testing.assert_close(b.expert_scale.grad, a.expert_scale.grad)
+    # what the mark prevents: an unmarked checkpoint replays the EMA update in backward
+    c = HiMoERouter(8, 6, top_k=4, n_groups=4, tau=0.5).train()
+    c.load_state_dict(a.state_dict() | {"logit_ema": torch.zeros(8)})
+    checkpoint(loss, c, x.clone().requires_grad_(), use_reentrant=reentrant).backward()
+    assert not torch.allclose(c.logit_ema, a.logit_ema)
 
 
 def test_gradients_reach_weight_and_scale_through_weights_and_each_loss():

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from hizoo.routing.base import RoutingResult
-from hizoo.routing.stats import (LoadAccumulator, coefficient_of_variation, drop_rate, expert_load, group_loads,
-                                 load_entropy, max_violation, routing_stats, within_group_collapse)
+from hizoo.routing.stats import (LoadAccumulator, coefficient_of_variation, drop_rate, entropy, expert_counts,
+                                 expert_load, group_loads, load_entropy, max_violation, routing_stats,
+                                 within_group_collapse)
 
 
 def test_balanced_load_has_zero_cv_and_maxvio_and_full_entropy():
@@ -84,3 +85,26 @@ def test_bad_inputs_raise_clear_errors():
         group_loads(torch.ones(6) / 6, 4)
     with pytest.raises(ValueError, match="empty"):
         expert_load(torch.zeros(0, 2, dtype=torch.long), 4)
+
+
+def test_expert_counts_match_a_python_count_and_reject_indices_outside_the_experts():
+    torch.manual_seed(0)
+    idx = torch.randint(0, 6, (50, 3))
+    expected = [sum(int(i) == e for i in idx.flatten()) for e in range(7)]  # expert 6 is never chosen
+    counts = expert_counts(idx, 7)
+    assert counts.dtype == torch.int64 and counts.tolist() == expected
+    assert expert_counts(torch.zeros(0, 2, dtype=torch.long), 3).tolist() == [0, 0, 0]
+    for bad in (torch.tensor([[0, 7]]), torch.tensor([[-1, 0]])):
+        with pytest.raises(ValueError, match=r"outside \[0, 7\)"):
+            expert_counts(bad, 7)
+
+
+def test_entropy_matches_hand_values_and_torch_categorical():
+    # hand: H(1/2, 1/4, 1/4) = 1.5 log 2; an empty entry adds nothing (0 log 0 = 0); one-hot gives 0
+    assert float(entropy(torch.tensor([0.5, 0.25, 0.25]))) == pytest.approx(1.5 * math.log(2))
+    assert float(entropy(torch.tensor([0.5, 0.0, 0.25, 0.25]))) == pytest.approx(1.5 * math.log(2))
+    assert float(entropy(torch.tensor([0.0, 1.0, 0.0]))) == 0.0
+    torch.manual_seed(0)
+    p = torch.rand(4, 3, 6, dtype=torch.float64).softmax(-1)  # batched, along any dim
+    torch.testing.assert_close(entropy(p), torch.distributions.Categorical(probs=p).entropy())
+    torch.testing.assert_close(entropy(p.transpose(1, 2), dim=1), torch.distributions.Categorical(probs=p).entropy())

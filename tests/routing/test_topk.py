@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from hizoo.routing import TopKRouter, apply_capacity
+from hizoo.routing import TopKRouter, apply_capacity, recompute_aware
 
 
 def identity_router(E: int, **kwargs) -> TopKRouter:
@@ -81,7 +81,7 @@ def test_global_balance_accumulates_micro_batches_and_resets():
 def test_global_balance_counts_once_under_checkpoint_recompute(reentrant):
     router = identity_router(4, top_k=1, global_balance=True).train()
     x = torch.tensor([[5.0, 0, 0, 0], [0, 5.0, 0, 0]], requires_grad=True)
-    loss = checkpoint(lambda t: router(t).aux_loss, x, use_reentrant=reentrant)
+    loss = recompute_aware(checkpoint, router)(lambda t: router(t).aux_loss, x, use_reentrant=reentrant)
     loss.backward()
     assert router.global_counts.tolist() == [1.0, 1.0, 0.0, 0.0]
     assert router.weight.grad is not None and router.weight.grad.abs().sum() > 0

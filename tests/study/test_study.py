@@ -31,6 +31,7 @@ def _results(out):
     return {r["variant"]: r for r in json.loads((out / "results.json").read_text())}
 
 
+@pytest.mark.slow  # runs the study's variants (training runs)
 def test_moe_study_writes_table_figures_and_logs_for_every_variant(moe_study):
     variants = moe_variants(TOY)
     results = _results(moe_study)
@@ -53,6 +54,7 @@ def test_moe_study_writes_table_figures_and_logs_for_every_variant(moe_study):
     assert len(results["topk"]["curve"]["val"]) == TOY.steps // TOY.val_every
 
 
+@pytest.mark.slow  # runs the study's variants (training runs)
 def test_moe_study_matches_parameters(moe_study):
     results = _results(moe_study)
     cfg = TOY.model
@@ -67,6 +69,7 @@ def test_moe_study_matches_parameters(moe_study):
     assert results["topk"]["params"] > results["topk"]["active_params"]
 
 
+@pytest.mark.slow  # runs the study's variants (training runs)
 def test_study_reuses_finished_runs(moe_study, capsys):
     before = (moe_study / "runs" / "topk" / "seed0" / "result.json").stat().st_mtime_ns
     assert main(["moe", "--scale", "toy", "--out", str(moe_study), "--variants", "topk"]) == 0
@@ -74,6 +77,7 @@ def test_study_reuses_finished_runs(moe_study, capsys):
     assert (moe_study / "runs" / "topk" / "seed0" / "result.json").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow  # runs the study's variants (training runs)
 def test_parallel_jobs_give_the_sequential_results(moe_study, tmp_path):
     assert main(["moe", "--scale", "toy", "--out", str(tmp_path), "--variants", "dense", "himoe", "--jobs", "2"]) == 0
     parallel = _results(tmp_path)
@@ -83,6 +87,7 @@ def test_parallel_jobs_give_the_sequential_results(moe_study, tmp_path):
         assert parallel[name]["val_ppl"] == pytest.approx(sequential["val_ppl"], rel=1e-3)
 
 
+@pytest.mark.slow  # runs the study's variants (training runs)
 def test_streams_study_covers_every_init(streams_study):
     variants = stream_variants(TOY)
     results = _results(streams_study)

@@ -44,6 +44,7 @@ AtomicCheckpointIO().save_checkpoint({"step": 2, "w": torch.zeros(256, 1024)}, s
 """
 
 
+@pytest.mark.slow  # kills a writing subprocess
 def test_kill_during_a_checkpoint_write_keeps_the_previous_file_whole(tmp_path):
     """kill -9 in the middle of writing last.ckpt: last.ckpt is still the complete previous checkpoint (never 0
     bytes or partial), the unfinished temporary sits in the same folder (not in /tmp), and the next run in that
