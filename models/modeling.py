@@ -57,6 +57,14 @@ class HizooBlock(GradientCheckpointingLayer):
 
     @_gradient_checkpointing_func.setter
     def _gradient_checkpointing_func(self, checkpoint_fn) -> None:
+        # Reentrant checkpointing tracks only the tensors a block returns at top level; the router losses leave an
+        # MoE block inside its RoutingResult, so they would lose their gradient without a word: refused here.
+        if self.is_moe and getattr(checkpoint_fn, "keywords", {}).get("use_reentrant") is True:
+            raise ValueError(
+                "activation checkpointing with use_reentrant=True is not supported for MoE layers: the router "
+                "losses leave the block inside its RoutingResult, which reentrant checkpointing does not track, so "
+                "they would get no gradient; use activation_checkpointing_enable() (non-reentrant, transformers' "
+                "default) or activation_checkpointing_kwargs={'use_reentrant': False}")
         self._checkpoint_fn = checkpoint_fn
 
     def __init__(self, config: HizooConfig, layer_idx: int):
