@@ -84,8 +84,9 @@ class Variant:
 def moe_variants(scale: Scale) -> list[Variant]:
     """Dense (active-parameter matched), OLMoE top-k, Mixtral top-k (renormalized weights), DeepSeek-V3
     group-limited, Hi-MoE as in its reference (groups of 8 experts, k_g = 2, every group selected), the same with
-    the reference's training recipe (capacity 2.0, Switch init), without its intra-group term, and Hi-MoE with
-    k_g = 1 (one expert per group)."""
+    the reference's training recipe (capacity 2.0, Switch init), the Switch init alone on Hi-MoE, renormalized top-k
+    and dense (the recipe's controls), Hi-MoE without its intra-group term, and Hi-MoE with k_g = 1 (one expert
+    per group)."""
     E, K, width = scale.num_experts, scale.top_k, scale.expert_width
     moe = dict(ffn="moe", num_experts=E, num_experts_per_tok=K, moe_intermediate_size=width)
     himoe_groups = max(1, min(E // 8, K // 2))  # groups of E/G ≥ 8 experts when E allows, k_g = K/G ≥ 2
@@ -106,6 +107,15 @@ def moe_variants(scale: Scale) -> list[Variant]:
         Variant("himoe_ref", f"Hi-MoE ({himoe_groups}×{E // himoe_groups}), reference recipe (capacity 2.0, Switch init)",
                 dict(moe, router="himoe", n_groups=himoe_groups, capacity_factor=2.0, eval_capacity_factor=2.0,
                      init_scheme="switch")),
+        # controls for the recipe: the Switch init alone (it also gives the residual-writing projections GPT-2's
+        # 1/sqrt(2L) scale) on Hi-MoE, on renormalized top-k and on the dense model, to separate what the init
+        # does from what the capacity and the hierarchical routing do
+        Variant("himoe_switch", f"Hi-MoE ({himoe_groups}×{E // himoe_groups}), Switch init (dropless)",
+                dict(moe, router="himoe", n_groups=himoe_groups, init_scheme="switch")),
+        Variant("topk_norm_switch", "top-k softmax, renormalized, Switch init",
+                dict(moe, router="topk", norm_topk_prob=True, init_scheme="switch")),
+        Variant("dense_switch", f"dense (FFN width {K * width}), Switch init",
+                dict(ffn="dense", intermediate_size=K * width, init_scheme="switch")),
         # ablation: the intra-group specialization term (Eq. 6) off, everything else as the reference
         Variant("himoe_no_intra", f"Hi-MoE ({himoe_groups}×{E // himoe_groups}), λ1 = 0",
                 dict(moe, router="himoe", n_groups=himoe_groups, himoe_lambda_intra=0.0)),
