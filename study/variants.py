@@ -140,6 +140,11 @@ def stream_variants(scale: Scale) -> list[Variant]:
         for init in inits:
             out.append(Variant(f"{residual}_{init}", f"{label} n={n}, {init}",
                                dict(residual=residual, n_streams=n, stream_init=init, **extra)))
+    # controls for the output reduction: the official norm_sum (Σ_s RMSNorm(H_s)) makes n copies' logits n times
+    # the plain model's at init; with sum_norm (RMSNorm(Σ_s H_s)) they are the plain model's
+    for residual, label, extra in (("hc", "HC", dict(hc_dynamic=True)), ("mhc", "mHC", {})):
+        out.append(Variant(f"{residual}_copy_sum_norm", f"{label} n={n}, copy, sum_norm output",
+                           dict(residual=residual, n_streams=n, stream_init="copy", stream_reduce="sum_norm", **extra)))
     return out
 
 
