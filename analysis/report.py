@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from .domains import domain_expert_counts, domain_usage
-from .experts import expert_metrics
+from .experts import ExpertMetrics, expert_metrics
 from .mixing import AXIS_GAIN
 from .streams import lss_scales, stream_ablation, stream_metrics
 
@@ -34,7 +34,7 @@ def collect(model, input_ids: Tensor, domain_ids: Tensor | None = None, domain_n
                         "n_groups", "router", "residual", "n_streams", "stream_init", "stream_reduce",
                         "hc_dynamic", "mhc_sinkhorn_iters")}}
     if kind["moe"]:
-        report["experts"] = expert_metrics(out.routing, config.num_experts, config.n_groups)
+        report["experts"] = expert_metrics(out.routing, config.num_experts, config.n_groups).to_dict()
         if domain_ids is not None:
             n_dom = len(domain_names) if domain_names else int(domain_ids.max()) + 1
             per_layer = {}
@@ -172,14 +172,8 @@ def scalars(report: dict) -> dict[str, float]:
     """Flatten a report into TensorBoard scalars: ``experts/…`` and ``streams/…`` tags (layers 0-based)."""
     out: dict[str, float] = {}
     experts = report.get("experts")
-    if experts and experts["moe_layers"]:
-        for key in ("mean_cv", "mean_max_vio", "mean_drop_rate"):
-            out[f"experts/{key}"] = experts[key]
-        for i, s in experts["layers"].items():
-            for key in ("cv", "max_vio", "entropy_normalized", "drop_rate", "group_cv", "max_group_share",
-                        "within_group_collapse"):
-                if key in s:
-                    out[f"experts/layer{i}/{key}"] = s[key]
+    if experts:
+        out.update(ExpertMetrics.from_dict(experts).scalars("experts"))
     domains = report.get("domains")
     if domains:
         d = domains["all_layers"]

@@ -19,14 +19,14 @@ def _result(idx, dropped=None):
 def test_expert_metrics_skip_dense_layers_and_average_moe_layers():
     balanced = _result(torch.tensor([[0, 1], [2, 3]]))
     skewed = _result(torch.tensor([[0, 1], [0, 1]]), dropped=torch.tensor([[False, True], [False, False]]))
-    out = expert_metrics((None, balanced, skewed), num_experts=4, n_groups=2)
+    out = expert_metrics((None, balanced, skewed), num_experts=4, n_groups=2).to_dict()
     assert out["moe_layers"] == [1, 2]
     assert out["layers"][1]["max_vio"] == pytest.approx(0.0)
     assert out["layers"][2]["max_vio"] == pytest.approx(1.0)  # loads .5 .5 0 0
     assert out["layers"][2]["max_group_share"] == pytest.approx(1.0)
     assert out["mean_max_vio"] == pytest.approx(0.5)
     assert out["mean_drop_rate"] == pytest.approx(0.125)
-    assert expert_metrics((None, None), 4)["moe_layers"] == []
+    assert expert_metrics((None, None), 4).to_dict() == {"moe_layers": [], "layers": {}}
 
 
 def test_domain_usage_and_js_specialization():
