@@ -38,7 +38,7 @@ from ..models.moe import step_expert_metrics
 from ..routing.stats import LoadAccumulator, max_violation
 from .experts import ExpertMetrics
 from .plots import figures
-from .report import collect, model_kind, scalars
+from .report import DiagnosticsReport, diagnose, model_kind
 
 TRAIN_PREFIX = "train/experts"  # training-batch expert metrics; the sample forward's are under "experts"
 
@@ -87,7 +87,7 @@ class DiagnosticsCallback(pl.Callback):
         if not trainer.is_global_zero:  # every rank runs the forward (sharded strategies need it), rank 0 logs
             return
         if report is not None:
-            values.update({tag: v for tag, v in scalars(report).items() if do_figures or tag.startswith("streams/")})
+            values.update({tag: v for tag, v in report.scalars().items() if do_figures or tag.startswith("streams/")})
         writer = _tensorboard(trainer)
         if writer is None:
             for logger in trainer.loggers:
@@ -99,11 +99,11 @@ class DiagnosticsCallback(pl.Callback):
             for tag, fig in figures(report).items():
                 writer.add_figure(tag, fig, step)  # closes the figure
                 plt.close(fig)
-            for i, s in report.get("experts", {}).get("layers", {}).items():
-                writer.add_histogram(f"experts/layer{i}/load", torch.tensor(s["load"]), step)
+            for i, layer in (report.experts.layers.items() if report.experts is not None else ()):
+                writer.add_histogram(f"experts/layer{i}/load", torch.tensor(layer.load), step)
         writer.flush()
 
-    def _collect(self, trainer: pl.Trainer, model, batch, ablation: bool) -> dict:
+    def _collect(self, trainer: pl.Trainer, model, batch, ablation: bool) -> DiagnosticsReport:
         """The diagnostics report of the extra forward on the first ``max_sequences`` sequences of ``batch``."""
         input_ids = batch["input_ids"][: self.max_sequences]  # [b, S]
         domain_ids = batch.get("domain_ids") if isinstance(batch, dict) else None
@@ -114,7 +114,7 @@ class DiagnosticsCallback(pl.Callback):
         model.eval()
         try:
             with torch.no_grad():
-                return collect(model, input_ids, domain_ids, names, ablation=ablation)
+                return diagnose(model, input_ids, domain_ids, names, ablation=ablation)
         finally:
             model.train(was_training)
 

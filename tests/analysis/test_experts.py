@@ -93,7 +93,8 @@ def test_summary_names_the_dominant_stream_and_its_layers():
         return {"norm_share": [], "dominant_share": share, "dominant_stream": dom, "effective_streams": 1.5,
                 "mean_cosine": 0.9, "attn": {}, "ffn": {}}
     report = {"loss": 3.0, "tokens": 10, "notes": [], "streams": {
-        "n_streams": 4, "layers": [layer(0.3, 0)] + [layer(0.7, 2)] * 2 + [layer(0.72, 2), layer(0.9, 1)]}}
+        "n_streams": 4, "residual": "hc",
+        "layers": [layer(0.3, 0)] + [layer(0.7, 2)] * 2 + [layer(0.72, 2), layer(0.9, 1)]}}
     lines = summarize(report)
     assert "stream 2 carries 71% of the residual norm in layers 1–3" in lines
     assert "stream 1 carries 90% of the residual norm in layers 4" in lines

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hizoo.analysis.report import collect, scalars, summarize
+from hizoo.analysis.report import DiagnosticsReport, collect, diagnose, scalars, summarize
 from hizoo.study.runner import summary_metrics
 
 from .report_cases import CASES, case_inputs
@@ -42,3 +42,21 @@ def test_report_json_tags_study_metrics_and_summary_are_unchanged(name):
     _assert_same(scalars(report), want["scalars"], "scalars")
     _assert_same(summary_metrics(report), want["study_metrics"], "study_metrics")
     assert summarize(report) == want["summary"]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_typed_report_round_trips_through_json_with_the_recorded_keys(name):
+    model, ids, domain_ids, names = case_inputs(name)
+    report = diagnose(model, ids, domain_ids, names)
+    text = json.dumps(report.to_dict(), default=str)
+    _assert_same(json.loads(text), BASELINE[name]["report_json"])  # the JSON keys (and numbers) of before
+    back = DiagnosticsReport.from_dict(json.loads(text))
+    assert back == report  # the same dataclass, nested records and integer layer keys included
+    assert back.scalars() == report.scalars()
+    _assert_same(report.study_metrics(), BASELINE[name]["study_metrics"], "study_metrics")
+    assert summarize(back) == BASELINE[name]["summary"]
+
+
+def test_from_dict_refuses_an_unknown_key():
+    with pytest.raises(ValueError, match="no fields \\['los'\\]"):
+        DiagnosticsReport.from_dict({"los": 1.0, "tokens": 3})
