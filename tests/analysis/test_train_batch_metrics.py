@@ -145,3 +145,18 @@ def test_two_ranks_equal_one_process_over_the_union_of_their_batches(tmp_path):
     for i, layer in enumerate(model.model.layers):
         torch.testing.assert_close(reduced[i], layer.ffn.router.step_counts, rtol=0, atol=0)
     assert reduced[0][:E].sum() == 4 * 2 * 8 * 2  # every pair of both ranks' micro-batches
+
+
+@pytest.mark.slow  # 5-30 s: dynamo and AOTAutograd trace the forward and the backward
+def test_compiled_training_forward_counts_as_the_eager_one():
+    eager = tiny_model(num_hidden_layers=1).train()
+    compiled_model = tiny_model(num_hidden_layers=1).train()
+    compiled = torch.compile(compiled_model, backend="aot_eager")
+    for ids in batches(n=2):
+        eager(ids, labels=ids, use_cache=False).loss.backward()
+        compiled(ids, labels=ids, use_cache=False).loss.backward()
+    for model in (eager, compiled_model):
+        update_router_states(model)
+    want, got = eager.model.layers[0].ffn.router.step_counts, compiled_model.model.layers[0].ffn.router.step_counts
+    assert want[:E].sum() == 2 * 2 * 8 * 2
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
