@@ -18,7 +18,7 @@ import torch
 from ..models.files import atomic_write_json, atomic_write_text, save_figure
 from .loading import load_model
 from .plots import figures
-from .report import collect, summarize
+from .report import diagnose, summarize
 
 
 def _tokenizer(path: Path):
@@ -123,9 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
 
-    report = collect(model, input_ids, domain_ids, domain_names, ablation=not args.no_ablation)
-    report["data"] = source
-    report["model_path"] = str(path)
+    report = diagnose(model, input_ids, domain_ids, domain_names, ablation=not args.no_ablation)
+    report.data = source
+    report.model_path = str(path)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -136,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         save_figure(fig, file, dpi=110)
         plt.close(fig)
         written.append(file.name)
-    report["figures"] = written
-    atomic_write_json(out / "report.json", report, indent=1, default=str)
+    report.figures = written
+    atomic_write_json(out / "report.json", report.to_dict(), indent=1, default=str)
     lines = [f"data: {source}"] + summarize(report)
     atomic_write_text(out / "summary.txt", "\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -168,8 +168,11 @@ def domain_expert_heatmap(domains: dict) -> Figure:
     return fig
 
 
-def figures(report: dict) -> dict[str, Figure]:
-    """Every figure that applies to the report, by name ("experts/load_heatmap", "streams/norm_shares", ...)."""
+def figures(report) -> dict[str, Figure]:
+    """Every figure that applies to the report (a DiagnosticsReport or its JSON form), by name
+    ("experts/load_heatmap", "streams/norm_shares", ...)."""
+    if hasattr(report, "to_dict"):
+        report = report.to_dict()  # the figures read the lists of the JSON form
     out: dict[str, Figure] = {}
     experts = report.get("experts")
     if experts and experts["moe_layers"]:

@@ -9,6 +9,10 @@ token-mean numbers are kept and named as such.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from statistics import fmean
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -19,6 +23,7 @@ from ..routing.stats import entropy
 from .mixing import (AXIS_GAIN, SPREAD_THRESHOLD, amax_backward, amax_forward, column_sums, concentrations,
                      depth_product, exact_axes, identity_distances, logit_spreads, per_token, row_sums,
                      spread_summary, stream_distribution, suffix_products)
+from .records import Record
 
 
 def token_norm_shares(streams: Tensor, eps: float = 1e-12) -> Tensor:
@@ -97,6 +102,191 @@ def infer_residual(diagnostics) -> str:
                     return "hc"
                 return "mhc" if ctx["mix_logits"].shape == ctx["mix"].shape else "mhc_lite"
     return "none"
+
+
+@dataclass(kw_only=True)
+class BranchMetrics(Record):
+    """One branch's (attn or ffn) connection metrics (``branch_metrics``); None: not measured for the kind
+    (a plain residual has none, a static connection no per-token spread, an exact axis no sums or gain)."""
+
+    read: list[float] | None = None  # [n] token-mean read weights
+    read_concentration: float | None = None
+    read_concentration_per_token: float | None = None
+    write: list[float] | None = None  # [n]
+    write_concentration: float | None = None
+    write_concentration_per_token: float | None = None
+    mix: list[list[float]] | None = None  # [n, n] token-mean mixing
+    mix_identity_distance: float | None = None  # ‖M̄ − I‖_F of the token-mean mixing
+    mix_identity_distance_per_token: float | None = None  # token mean of ‖M_t − I‖_F
+    mix_off_diagonal_mass: float | None = None
+    mix_column_sums_per_token: dict | None = None  # ``mixing.stream_distribution``
+    mix_amax_forward: float | None = None
+    mix_amax_forward_max: float | None = None
+    mix_row_sums_per_token: dict | None = None
+    mix_amax_backward: float | None = None
+    mix_amax_backward_max: float | None = None
+    mix_logit_spread: float | None = None
+    mix_logit_spread_max: float | None = None
+    mix_logit_spread_above_30: float | None = None
+
+    # logged as TensorBoard scalars ``streams/layerI/<branch>/<name>``
+    SCALARS: ClassVar[tuple[str, ...]] = (
+        "read_concentration", "read_concentration_per_token", "write_concentration", "write_concentration_per_token",
+        "mix_identity_distance", "mix_identity_distance_per_token", "mix_off_diagonal_mass", "mix_amax_forward",
+        "mix_amax_forward_max", "mix_amax_backward", "mix_amax_backward_max", "mix_logit_spread",
+        "mix_logit_spread_max", "mix_logit_spread_above_30")
+
+    def scalars(self) -> dict[str, float]:
+        out = {k: getattr(self, k) for k in self.SCALARS if getattr(self, k) is not None}
+        for axis in ("column", "row"):
+            sums = getattr(self, f"mix_{axis}_sums_per_token")
+            if sums is not None:
+                out[f"mix_{axis}_sums_max_abs_deviation"] = sums["max_abs_deviation"]
+        return out
+
+
+@dataclass(kw_only=True)
+class StreamLayerMetrics(Record):
+    """The residual streams after one layer and the layer's two connections."""
+
+    norm_share: list[float]  # [n] token-mean share of the residual norm per stream
+    dominant_share: float
+    dominant_share_per_token: float | None = None
+    dominant_stream: int
+    effective_streams: float
+    mean_cosine: float
+    attn: BranchMetrics = field(default_factory=BranchMetrics)
+    ffn: BranchMetrics = field(default_factory=BranchMetrics)
+
+    NESTED: ClassVar[dict[str, type]] = {"attn": BranchMetrics, "ffn": BranchMetrics}
+    SCALARS: ClassVar[tuple[str, ...]] = ("dominant_share", "dominant_share_per_token", "effective_streams",
+                                          "mean_cosine")
+
+    def to_dict(self) -> dict:  # a branch without metrics stays in the JSON as {}
+        out = super().to_dict()
+        out["attn"], out["ffn"] = self.attn.to_dict(), self.ffn.to_dict()
+        return out
+
+
+@dataclass(kw_only=True)
+class MixingMetrics(Record):
+    """Per-token mixings of all connections pooled: sums (``stream_distribution``) and logit spreads
+    (``spread_summary``); None where the kind fixes the axis or has no logits."""
+
+    column_sums_per_token: dict | None = None
+    row_sums_per_token: dict | None = None
+    logit_spread: dict | None = None
+
+
+@dataclass(kw_only=True)
+class DepthMetrics(Record):
+    """The per-token product of the mixings over depth (mHC paper, Fig. 3 and 7)."""
+
+    connections: int
+    product_mean: list[list[float]]  # [n, n]
+    column_sums_per_token: dict | None = None
+    amax_forward: float | None = None
+    amax_forward_max: float | None = None
+    suffix_amax_forward: list[float] | None = None  # per connection k, the gain from k to the last
+    row_sums_per_token: dict | None = None
+    amax_backward: float | None = None
+    amax_backward_max: float | None = None
+    suffix_amax_backward: list[float] | None = None
+
+
+@dataclass(kw_only=True)
+class StreamMetrics(Record):
+    """Every stream metric of one forward (``stream_metrics``), with the optional ablation (``stream_ablation``)
+    and LSS scales (``lss_scales``) that ``collect`` adds."""
+
+    n_streams: int
+    residual: str
+    layers: list[StreamLayerMetrics]
+    exact_by_construction: dict[str, str] | None = None  # metric family -> why it is 1 for every token
+    mixing: MixingMetrics | None = None
+    depth: DepthMetrics | None = None
+    ablation: dict | None = None  # {"stream_reduce", "base_loss", "loss_increase": [n]}
+    lss_scales: dict | None = None  # {"mean", "std", "mean_abs"}: [n] each
+
+    NESTED: ClassVar[dict[str, type]] = {"layers": StreamLayerMetrics, "mixing": MixingMetrics,
+                                         "depth": DepthMetrics}
+
+    def connections(self) -> list[tuple[int, str, BranchMetrics]]:
+        """(layer, branch, metrics) of every connection with a mixing."""
+        return [(i, b, getattr(layer, b)) for i, layer in enumerate(self.layers) for b in ("attn", "ffn")
+                if getattr(layer, b).mix is not None]
+
+    def scalars(self) -> dict[str, float]:
+        """TensorBoard scalars ``streams/…`` (layers 0-based)."""
+        out: dict[str, float] = {}
+        for i, layer in enumerate(self.layers):
+            for key in StreamLayerMetrics.SCALARS:
+                if getattr(layer, key) is not None:
+                    out[f"streams/layer{i}/{key}"] = getattr(layer, key)
+            for b in ("attn", "ffn"):
+                for key, value in getattr(layer, b).scalars().items():
+                    out[f"streams/layer{i}/{b}/{key}"] = value
+        mixing = self.mixing or MixingMetrics()
+        for axis in ("column", "row"):
+            sums = getattr(mixing, f"{axis}_sums_per_token")
+            if sums is not None:
+                out[f"streams/mix_{axis}_sums/max_abs_deviation"] = sums["max_abs_deviation"]
+                out[f"streams/mix_{axis}_sums/mean_abs_deviation"] = sums["mean_abs_deviation"]
+        if mixing.logit_spread is not None:
+            for key in ("mean", "median", "q95", "max", "fraction_above_30"):
+                if key in mixing.logit_spread:
+                    out[f"streams/logit_spread/{key}"] = mixing.logit_spread[key]
+        if self.depth is not None:
+            for name in ("forward", "backward"):
+                if getattr(self.depth, f"amax_{name}") is not None:
+                    out[f"streams/amax_{name}"] = getattr(self.depth, f"amax_{name}")
+                    out[f"streams/amax_{name}_max"] = getattr(self.depth, f"amax_{name}_max")
+            for axis in ("column", "row"):
+                sums = getattr(self.depth, f"{axis}_sums_per_token")
+                if sums is not None:
+                    out[f"streams/product_{axis}_sums/max_abs_deviation"] = sums["max_abs_deviation"]
+        if self.ablation is not None:
+            for j, inc in enumerate(self.ablation["loss_increase"]):
+                out[f"streams/ablation/stream{j}"] = inc
+        if self.lss_scales is not None:
+            for j, m in enumerate(self.lss_scales["mean"]):
+                out[f"streams/lss_scale/stream{j}"] = m
+        return out
+
+    def study_metrics(self) -> dict:
+        """The study's per-run stream numbers (layer and connection means; see ``DiagnosticsReport.study_metrics``)."""
+        layers = self.layers
+        out: dict = {
+            "dominant_share": fmean(layer.dominant_share for layer in layers),
+            "dominant_share_max": max(layer.dominant_share for layer in layers),
+            "effective_streams": fmean(layer.effective_streams for layer in layers),
+            "stream_cosine": fmean(layer.mean_cosine for layer in layers),
+        }
+        conns = [m for _, _, m in self.connections()]
+        if conns:
+            out["mix_identity_distance"] = fmean(m.mix_identity_distance for m in conns)  # of the token-mean M
+            if conns[0].mix_identity_distance_per_token is not None:
+                out["mix_identity_distance_per_token"] = fmean(m.mix_identity_distance_per_token for m in conns)
+        mixing, depth = self.mixing or MixingMetrics(), self.depth
+        for axis in ("column", "row"):
+            sums = getattr(mixing, f"{axis}_sums_per_token")
+            if sums is not None:
+                out[f"{axis}_sum_deviation"] = sums["mean_abs_deviation"]
+        if mixing.logit_spread is not None and "fraction_above_30" in mixing.logit_spread:
+            out["logit_spread_above_30"] = mixing.logit_spread["fraction_above_30"]
+        for name in ("forward", "backward"):
+            if depth is not None and getattr(depth, f"amax_{name}") is not None:
+                out[f"amax_{name}"] = getattr(depth, f"amax_{name}")
+        exact = self.exact_by_construction or {}
+        fixed = [key for family, key in (("column_sums", "column_sum_deviation"), ("row_sums", "row_sum_deviation"),
+                                         ("amax_forward", "amax_forward"), ("amax_backward", "amax_backward"))
+                 if family in exact]
+        if fixed:
+            out["exact_by_construction"] = fixed
+        if self.ablation is not None:
+            out["ablation_max"] = max(self.ablation["loss_increase"])
+            out["ablation_min"] = min(self.ablation["loss_increase"])
+        return out
 
 
 def _weights_metrics(out: dict, name: str, weights: Tensor) -> None:
@@ -286,6 +476,7 @@ def stream_ablation(model, streams: Tensor, input_ids: Tensor) -> dict:
 
 
 __all__ = [
+    "BranchMetrics", "StreamLayerMetrics", "MixingMetrics", "DepthMetrics", "StreamMetrics",
     "norm_shares", "token_norm_shares", "dominant_share", "dominant_share_per_token", "effective_streams",
     "mean_pairwise_cosine",
     "weight_concentration", "identity_distance", "off_diagonal_mass", "infer_residual", "branch_metrics",

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from ..kernels import GroupedExperts
 from ..routing import RoutingResult, build_router
+from ..routing.stats import ExpertLayerMetrics
 from .configuration import HizooConfig
 from .mlp import SwiGLU
 
@@ -47,20 +48,48 @@ def update_router_states(model: nn.Module) -> None:
     counts; Hi-MoE counts the step (λ1 warm-up).
 
     Routers opt in with ``end_of_step()``; those whose update needs counts summed over data-parallel ranks also
-    expose ``pending_counts()`` ([n] fp32 on this rank). All layers' counts travel in ONE ``all_reduce`` of
-    their concatenation, and each router gets its reduced slice as ``end_of_step(reduced)``."""
-    routers = [m.router for m in model.modules() if isinstance(m, MoEFeedForward) and hasattr(m.router, "end_of_step")]
-    pending = [(router, router.pending_counts()) for router in routers if hasattr(router, "pending_counts")]
-    reduced: dict[int, Tensor] = {}
-    if pending:
-        sizes = [counts.numel() for _, counts in pending]
-        flat = torch.cat([counts.detach().float().flatten() for _, counts in pending])  # [Σ n]
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(flat)
-        for (router, counts), part in zip(pending, flat.split(sizes)):
-            reduced[id(router)] = part.view_as(counts)
+    expose ``pending_counts()`` ([n] fp32 on this rank). Every router's training-batch metric counts
+    (``Router.metric_counts``, [E + 1]) travel too: all layers' counts go in ONE ``all_reduce`` of their
+    concatenation (fp64: exact to 2^53 pairs), each router with ``end_of_step`` gets its reduced slice as
+    ``end_of_step(reduced)`` and every router its metric sums as ``end_of_step_metrics`` (read them with
+    ``step_expert_metrics``)."""
+    routers = [m.router for m in model.modules() if isinstance(m, MoEFeedForward)]
+    pending = [(router, router.pending_counts()) for router in routers
+               if hasattr(router, "end_of_step") and hasattr(router, "pending_counts")]
+    parts = [counts for _, counts in pending] + [router.metric_counts() for router in routers]  # each [n]
+    if not parts:
+        return
+    device = parts[0].device
+    flat = torch.cat([p.detach().to(device, torch.float64).flatten() for p in parts])  # [Σ n]
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(flat)
+    reduced = flat.split([p.numel() for p in parts])
+    updated = {id(router): part.view_as(counts).to(counts.dtype) for (router, counts), part in zip(pending, reduced)}
     for router in routers:
-        if id(router) in reduced:
-            router.end_of_step(reduced[id(router)])
+        if not hasattr(router, "end_of_step"):
+            continue
+        if id(router) in updated:
+            router.end_of_step(updated[id(router)])
         else:
             router.end_of_step()
+    for router, part in zip(routers, reduced[len(pending):]):
+        router.end_of_step_metrics(part)
+
+
+def step_expert_metrics(model: nn.Module) -> dict[int, ExpertLayerMetrics]:
+    """{layer index: ExpertLayerMetrics} of the last optimizer step's training batches (every token of every
+    micro-batch on every rank; ``update_router_states`` reduced the counts), with the config's ``n_groups`` as
+    the held-out diagnostics use it. Empty before the first step."""
+    inner = getattr(model, "model", model)
+    layers = getattr(inner, "layers", None)
+    if layers is None:
+        raise AttributeError("step_expert_metrics needs a HizooForCausalLM or HizooModel (a .layers list)")
+    n_groups = getattr(getattr(model, "config", None), "n_groups", 1) or 1
+    out: dict[int, ExpertLayerMetrics] = {}
+    for i, layer in enumerate(layers):
+        ffn = getattr(layer, "ffn", None)
+        if isinstance(ffn, MoEFeedForward):
+            metrics = ffn.router.compute_metrics(n_groups)
+            if metrics is not None:
+                out[i] = metrics
+    return out

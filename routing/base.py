@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from .stats import ExpertLayerMetrics, load_metrics
+
 
 @dataclass
 class RoutingResult:
@@ -129,6 +131,12 @@ class Router(nn.Module):
     ``capacity_rule``, ``min_capacity``, ``capacity_priority`` as in ``expert_capacity``/``apply_capacity``.
     ``recomputing`` is True while the forward is an activation-checkpoint replay (``routers_recomputing``,
     ``recompute_aware``); routers update their state only when it is False.
+
+    Training-batch metrics (as OLMo-core's routers keep them): every training forward that is not a replay adds
+    its routed pairs per expert and its dropped pairs to detached counters (``metric_counts``: [E + 1], no host
+    sync). Once per optimizer step ``models.moe.update_router_states`` sums them over data-parallel ranks, hands
+    the sums to ``end_of_step_metrics`` (which also clears the counters) and ``compute_metrics(n_groups)`` turns
+    the last step's sums into an ``ExpertLayerMetrics`` with the same functions as the held-out diagnostics.
     """
 
     recomputing = False
@@ -147,6 +155,43 @@ class Router(nn.Module):
         self.eval_capacity_factor = eval_capacity_factor
         self.capacity_rule, self.min_capacity, self.capacity_priority = capacity_rule, min_capacity, capacity_priority
         self.weight = nn.Parameter(torch.empty(num_experts, hidden_size))
+        self._metric_counts: Tensor | None = None  # [E + 1] int64: pairs per expert, then dropped pairs
+        self.step_counts: Tensor | None = None  # [E + 1] fp64: the last optimizer step's, summed over ranks
+
+    def count_routing(self, expert_idx: Tensor, dropped: Tensor | None) -> None:
+        """Add one training forward's expert_idx [T, K] and dropped [T, K] (or None) to the metric counters."""
+        flat = expert_idx.detach().flatten().long()  # [T*K]
+        if self._metric_counts is None or self._metric_counts.device != flat.device:
+            self._metric_counts = torch.zeros(self.num_experts + 1, dtype=torch.long, device=flat.device)
+        # scatter_add rather than bincount: no device-to-host sync on GPU (expert_idx comes from topk: in range)
+        self._metric_counts[: self.num_experts].scatter_add_(0, flat, torch.ones_like(flat))
+        if dropped is not None:
+            self._metric_counts[self.num_experts] += dropped.detach().sum()
+
+    def metric_counts(self) -> Tensor:
+        """This rank's counts since the last step [E + 1] (routed pairs per expert, then dropped pairs), int64."""
+        if self._metric_counts is None:
+            return torch.zeros(self.num_experts + 1, dtype=torch.long, device=self.weight.device)
+        return self._metric_counts
+
+    def reset_metrics(self) -> None:
+        """Clear the counters (a new optimizer step starts)."""
+        if self._metric_counts is not None:
+            self._metric_counts.zero_()
+
+    def end_of_step_metrics(self, counts: Tensor) -> None:
+        """Keep counts [E + 1] (this step's, summed over ranks) for ``compute_metrics`` and clear the counters."""
+        self.step_counts = counts.detach().double()
+        self.reset_metrics()
+
+    def compute_metrics(self, n_groups: int = 1) -> ExpertLayerMetrics | None:
+        """The last optimizer step's ExpertLayerMetrics (``routing.stats.load_metrics``), or None before the first
+        step or when that step routed nothing (no training forward)."""
+        if self.step_counts is None or float(self.step_counts[: self.num_experts].sum()) == 0:
+            return None
+        counts = self.step_counts.cpu()
+        pairs, dropped = counts[: self.num_experts], float(counts[self.num_experts])
+        return load_metrics(pairs, n_groups, dropped / float(pairs.sum()))
 
     def logits(self, x: Tensor) -> Tensor:
         """Router logits g = W_r x in fp32 (routing decisions are precision-sensitive), no bias."""
@@ -163,6 +208,8 @@ class Router(nn.Module):
         if factor is not None:
             expert_weight, dropped = apply_capacity(expert_idx, expert_weight, self.num_experts, factor,
                                                     self.capacity_rule, self.min_capacity, self.capacity_priority)
+        if self.training and not self.recomputing:
+            self.count_routing(expert_idx, dropped)
         return RoutingResult(expert_idx, expert_weight.to(dtype), logits, aux, dropped)
 
     def forward(self, x: Tensor, seq_len: int | None = None) -> RoutingResult:  # pragma: no cover - interface

@@ -16,6 +16,7 @@ Definitions (loads are fractions of the T·K routed (token, expert) pairs, so th
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import Tensor
@@ -100,32 +101,74 @@ def drop_rate(dropped: Tensor | None) -> float:
     return float(dropped.float().mean())
 
 
-def routing_stats(expert_idx: Tensor, num_experts: int, n_groups: int = 1,
-                  dropped: Tensor | None = None) -> dict:
-    """All statistics of one layer's routing. expert_idx [T, K], dropped [T, K] bool or None.
+@dataclass
+class ExpertLayerMetrics:
+    """Expert balance of one MoE layer (the definitions above). Group fields are None without groups (n_groups = 1).
+    ``to_dict`` gives the report's JSON form (None fields left out), ``from_dict`` reads it back."""
 
-    Returns a dict of floats plus lists ``load`` [E], ``group_load`` [G], ``group_collapse`` [G]."""
-    load = expert_load(expert_idx, num_experts)
-    out = {
-        "load": load.tolist(),
-        "cv": coefficient_of_variation(load),
-        "max_vio": max_violation(load),
-        "entropy": load_entropy(load),
-        "entropy_normalized": load_entropy(load, normalized=True),
-        "drop_rate": drop_rate(dropped),
-    }
+    load: list[float]  # [E], sums to 1
+    cv: float
+    max_vio: float
+    entropy: float
+    entropy_normalized: float
+    drop_rate: float
+    group_load: list[float] | None = None  # [G]
+    group_cv: float | None = None
+    max_group_share: float | None = None
+    group_collapse: list[float] | None = None  # [G], NaN for a group without traffic
+    within_group_collapse: float | None = None  # mean over the groups with traffic
+
+    # the scalars logged per layer (TensorBoard ``…/layerI/<name>``) and averaged over layers by ``mean_``
+    SCALARS = ("cv", "max_vio", "entropy_normalized", "drop_rate", "group_cv", "max_group_share",
+               "within_group_collapse")
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ExpertLayerMetrics:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"ExpertLayerMetrics has no fields {unknown}; allowed: {sorted(names)}")
+        return cls(**data)
+
+    def scalars(self) -> dict[str, float]:
+        """{name: value} of the SCALARS this layer has."""
+        return {k: getattr(self, k) for k in self.SCALARS if getattr(self, k) is not None}
+
+
+def load_metrics(counts: Tensor, n_groups: int = 1, drop_rate: float = 0.0) -> ExpertLayerMetrics:
+    """counts [E] (routed (token, expert) pairs per expert, dropped pairs included) -> ExpertLayerMetrics.
+
+    The one computation behind every expert-balance number hizoo reports: the held-out diagnostics
+    (``routing_stats`` of one forward's ``expert_idx``) and the training-batch metrics (the routers' counts over an
+    optimizer step, summed over ranks: ``Router.compute_metrics``). ``drop_rate``: fraction of the pairs dropped
+    by the capacity limit (``drop_rate(dropped)``, or dropped pairs / counts.sum())."""
+    counts = counts.detach().double().cpu()
+    total = counts.sum()
+    if total == 0:
+        raise ValueError("expert_idx is empty: no tokens were routed")
+    load = counts / total  # [E]
+    out = ExpertLayerMetrics(
+        load=load.tolist(), cv=coefficient_of_variation(load), max_vio=max_violation(load),
+        entropy=load_entropy(load), entropy_normalized=load_entropy(load, normalized=True), drop_rate=drop_rate)
     if n_groups > 1:
         gl = group_loads(load, n_groups)
         collapse = within_group_collapse(load, n_groups)
         used = collapse[~collapse.isnan()]
-        out.update({
-            "group_load": gl.tolist(),
-            "group_cv": coefficient_of_variation(gl),
-            "max_group_share": float(gl.max()),
-            "group_collapse": collapse.tolist(),
-            "within_group_collapse": float(used.mean()) if used.numel() else float("nan"),
-        })
+        out.group_load = gl.tolist()
+        out.group_cv = coefficient_of_variation(gl)
+        out.max_group_share = float(gl.max())
+        out.group_collapse = collapse.tolist()
+        out.within_group_collapse = float(used.mean()) if used.numel() else float("nan")
     return out
+
+
+def routing_stats(expert_idx: Tensor, num_experts: int, n_groups: int = 1,
+                  dropped: Tensor | None = None) -> ExpertLayerMetrics:
+    """All statistics of one layer's routing. expert_idx [T, K], dropped [T, K] bool or None."""
+    return load_metrics(expert_counts(expert_idx, num_experts), n_groups, drop_rate(dropped))
 
 
 class LoadAccumulator:
@@ -135,22 +178,30 @@ class LoadAccumulator:
     >>> acc = LoadAccumulator(num_experts=4); acc.update(expert_idx); acc.max_violation()
     """
 
-    def __init__(self, num_experts: int):
+    def __init__(self, num_experts: int, device: torch.device | str | None = None):
         self.num_experts = num_experts
-        self.counts = torch.zeros(num_experts, dtype=torch.float64)  # [E]
+        self.counts = torch.zeros(num_experts, dtype=torch.float64, device=device)  # [E]
 
     def update(self, expert_idx: Tensor) -> None:
         """Add one batch's routing decisions expert_idx [T, K] (selections, as in ``routing_stats``)."""
-        self.counts += expert_counts(expert_idx.detach().cpu(), self.num_experts).double()
+        self.add_counts(expert_counts(expert_idx.detach(), self.num_experts))
+
+    def add_counts(self, counts: Tensor) -> None:
+        """Add routed pairs per expert counts [E] (e.g. a router's counts of one optimizer step); stays on the
+        accumulator's device (no host sync until a metric is read)."""
+        if counts.shape != (self.num_experts,):
+            raise ValueError(f"counts has shape {tuple(counts.shape)}, expected ({self.num_experts},)")
+        self.counts += counts.detach().to(self.counts.device, torch.float64)
 
     def reset(self) -> None:
         self.counts.zero_()
 
     def load(self) -> Tensor:
-        """Accumulated load [E] (sums to 1)."""
-        if self.counts.sum() == 0:
+        """Accumulated load [E] (sums to 1), on the CPU."""
+        counts = self.counts.cpu()
+        if counts.sum() == 0:
             raise ValueError("LoadAccumulator has no routed pairs yet")
-        return self.counts / self.counts.sum()
+        return counts / counts.sum()
 
     def max_violation(self) -> float:
         return max_violation(self.load())

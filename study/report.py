@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..analysis.plots import figures as diagnostic_figures  # noqa: E402
+from ..analysis.report import as_report  # noqa: E402
 from ..models.files import atomic_write_text, save_figure  # noqa: E402
 
 # (metric key, column title); a column is left out when no run has the metric
@@ -185,8 +186,8 @@ def stream_dominance_figure(results: list[dict]):
     for name, runs in by_variant(results).items():
         if "streams" not in runs[0]["report"]:
             continue
-        shares = np.array([[layer["dominant_share"] for layer in r["report"]["streams"]["layers"]] for r in runs])
-        n = runs[0]["report"]["streams"]["n_streams"]
+        shares = np.array([[layer.dominant_share for layer in as_report(r["report"]).streams.layers] for r in runs])
+        n = as_report(runs[0]["report"]).streams.n_streams
         init = runs[0]["report"]["config"]["stream_init"]
         color = colors.setdefault(init, plt.cm.tab10(len(colors) % 10))
         ax.plot(range(shares.shape[1]), shares.mean(axis=0), marker="o", ms=3, color=color,

@@ -7,6 +7,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from hizoo import HizooConfig, HizooForCausalLM
 from hizoo.analysis.callback import DiagnosticsCallback
+from hizoo.models.moe import update_router_states
 
 
 class _Tokens(Dataset):
@@ -36,6 +37,10 @@ class _Module(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         return self.model(batch["input_ids"], labels=batch["input_ids"], use_cache=False).loss
 
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        update_router_states(self.model)  # as HizooLightningModule: the step's routing counts, reduced
+
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=1e-3)
 
@@ -52,14 +57,20 @@ def test_callback_writes_scalars_figures_and_histograms(tmp_path):
     acc.Reload()
     tags = acc.Tags()
     for tag in ("experts/layer0/max_vio", "experts/layer1/cv", "experts/layer0/group_cv",
-                "experts/layer0/max_vio_accumulated", "experts/domain/lib/specialization",
+                "train/experts/layer0/max_vio", "train/experts/layer1/entropy_normalized",
+                "train/experts/layer0/group_cv", "train/experts/layer0/max_vio_accumulated",
+                "train/experts/mean_cv", "experts/domain/lib/specialization",
                 "streams/layer0/dominant_share", "streams/layer1/effective_streams",
                 "streams/layer0/attn/mix_identity_distance", "streams/layer0/attn/mix_identity_distance_per_token",
                 "streams/logit_spread/fraction_above_30", "streams/ablation/stream0"):
         assert tag in tags["scalars"], tag
     # mHC: the axis Sinkhorn leaves inexact has its Amax gain logged, the exact one is not (it is 1)
     assert ("streams/amax_forward" in tags["scalars"]) != ("streams/amax_backward" in tags["scalars"])
-    assert [e.step for e in acc.Scalars("experts/layer0/max_vio")] == [2, 4]
+    # training batches every scalars step; the extra forward's expert metrics on figure steps only, its stream
+    # metrics (which need the activations) every scalars step
+    assert [e.step for e in acc.Scalars("train/experts/layer0/max_vio")] == [2, 4]
+    assert [e.step for e in acc.Scalars("experts/layer0/max_vio")] == [4]
+    assert [e.step for e in acc.Scalars("streams/layer0/dominant_share")] == [2, 4]
     assert [e.step for e in acc.Scalars("streams/ablation/stream0")] == [4]  # figure steps only
     for tag in ("experts/load_heatmap", "experts/group_loads", "experts/domain_usage", "streams/norm_shares",
                 "streams/mix", "streams/logit_spread", "streams/mix_sums", "streams/amax_depth"):

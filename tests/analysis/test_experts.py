@@ -19,14 +19,14 @@ def _result(idx, dropped=None):
 def test_expert_metrics_skip_dense_layers_and_average_moe_layers():
     balanced = _result(torch.tensor([[0, 1], [2, 3]]))
     skewed = _result(torch.tensor([[0, 1], [0, 1]]), dropped=torch.tensor([[False, True], [False, False]]))
-    out = expert_metrics((None, balanced, skewed), num_experts=4, n_groups=2)
+    out = expert_metrics((None, balanced, skewed), num_experts=4, n_groups=2).to_dict()
     assert out["moe_layers"] == [1, 2]
     assert out["layers"][1]["max_vio"] == pytest.approx(0.0)
     assert out["layers"][2]["max_vio"] == pytest.approx(1.0)  # loads .5 .5 0 0
     assert out["layers"][2]["max_group_share"] == pytest.approx(1.0)
     assert out["mean_max_vio"] == pytest.approx(0.5)
     assert out["mean_drop_rate"] == pytest.approx(0.125)
-    assert expert_metrics((None, None), 4)["moe_layers"] == []
+    assert expert_metrics((None, None), 4).to_dict() == {"moe_layers": [], "layers": {}}
 
 
 def test_domain_usage_and_js_specialization():
@@ -93,7 +93,8 @@ def test_summary_names_the_dominant_stream_and_its_layers():
         return {"norm_share": [], "dominant_share": share, "dominant_stream": dom, "effective_streams": 1.5,
                 "mean_cosine": 0.9, "attn": {}, "ffn": {}}
     report = {"loss": 3.0, "tokens": 10, "notes": [], "streams": {
-        "n_streams": 4, "layers": [layer(0.3, 0)] + [layer(0.7, 2)] * 2 + [layer(0.72, 2), layer(0.9, 1)]}}
+        "n_streams": 4, "residual": "hc",
+        "layers": [layer(0.3, 0)] + [layer(0.7, 2)] * 2 + [layer(0.72, 2), layer(0.9, 1)]}}
     lines = summarize(report)
     assert "stream 2 carries 71% of the residual norm in layers 1–3" in lines
     assert "stream 1 carries 90% of the residual norm in layers 4" in lines

@@ -39,11 +39,11 @@ def test_group_statistics():
     # E=4, G=2: group 0 = experts {0, 1}, group 1 = {2, 3}; counts 3, 1, 2, 2
     idx = torch.tensor([[0, 2], [0, 3], [0, 2], [1, 3]])
     s = routing_stats(idx, num_experts=4, n_groups=2)
-    assert s["group_load"] == pytest.approx([0.5, 0.5])
-    assert s["group_cv"] == pytest.approx(0.0)
-    assert s["max_group_share"] == pytest.approx(0.5)
-    assert s["group_collapse"] == pytest.approx([0.75, 0.5])  # busiest expert's share of its group
-    assert s["within_group_collapse"] == pytest.approx(0.625)
+    assert s.group_load == pytest.approx([0.5, 0.5])
+    assert s.group_cv == pytest.approx(0.0)
+    assert s.max_group_share == pytest.approx(0.5)
+    assert s.group_collapse == pytest.approx([0.75, 0.5])  # busiest expert's share of its group
+    assert s.within_group_collapse == pytest.approx(0.625)
     assert group_loads(torch.tensor([0.1, 0.2, 0.3, 0.4]), 2).tolist() == pytest.approx([0.3, 0.7])
 
 
@@ -52,8 +52,8 @@ def test_unused_group_has_nan_collapse_and_is_skipped_in_the_mean():
     collapse = within_group_collapse(load, 2)
     assert collapse[0] == pytest.approx(0.5) and torch.isnan(collapse[1])
     s = routing_stats(torch.tensor([[0, 1]]), 4, 2)
-    assert s["within_group_collapse"] == pytest.approx(0.5)
-    assert s["max_group_share"] == pytest.approx(1.0)
+    assert s.within_group_collapse == pytest.approx(0.5)
+    assert s.max_group_share == pytest.approx(1.0)
 
 
 def test_drop_rate_reads_the_dropped_mask():
@@ -62,7 +62,7 @@ def test_drop_rate_reads_the_dropped_mask():
     assert drop_rate(dropped) == pytest.approx(0.25)
     result = RoutingResult(torch.tensor([[0, 1], [1, 0]]), torch.ones(2, 2), torch.zeros(2, 2), {}, dropped)
     s = routing_stats(result.expert_idx, 2, dropped=getattr(result, "dropped", None))
-    assert s["drop_rate"] == pytest.approx(0.25)
+    assert s.drop_rate == pytest.approx(0.25)
 
 
 def test_accumulated_maxvio_differs_from_batch_maxvio():

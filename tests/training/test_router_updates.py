@@ -76,6 +76,7 @@ def test_update_router_states_reduces_all_layers_in_one_all_reduce(monkeypatch):
                                             "topk_groups": 2, "router_bias_update_rate": 0.1})).train()
     model(torch.randint(0, 64, (2, 8)))
     loads = [layer.ffn.router.step_load.clone() for layer in model.model.layers]
+    counts = [layer.ffn.router.metric_counts().clone() for layer in model.model.layers]
     calls = []
 
     def all_reduce(tensor, *args, **kwargs):  # a second rank that saw exactly the same loads
@@ -86,12 +87,16 @@ def test_update_router_states_reduces_all_layers_in_one_all_reduce(monkeypatch):
     monkeypatch.setattr(moe.dist, "get_world_size", lambda: 2)
     monkeypatch.setattr(moe.dist, "all_reduce", all_reduce)
     moe.update_router_states(model)
-    assert calls == [torch.Size([3 * 8])]  # one tensor for the three layers
+    # one tensor for the three layers: the bias loads [E] and the training-batch metric counts [E + 1] of each
+    assert calls == [torch.Size([3 * 8 + 3 * 9])]
     for layer, load in zip(model.model.layers, loads):
         expected = GroupLimitedRouter(8, 32, top_k=2, bias_update_rate=0.1)
         expected.end_of_step(2 * load)
         torch.testing.assert_close(layer.ffn.router.expert_bias, expected.expert_bias)
         assert layer.ffn.router.step_load.sum() == 0
+    for layer, c in zip(model.model.layers, counts):
+        torch.testing.assert_close(layer.ffn.router.step_counts, 2 * c.double())  # both ranks' counts
+        assert layer.ffn.router.metric_counts().sum() == 0  # the next step starts from zero
 
 
 @pytest.mark.parametrize("router", ["group_limited", "himoe"])
