@@ -149,13 +149,14 @@ def resolve_configs(args: list[str]) -> list[str]:
     return out
 
 
-def main(args: list[str] | None = None, trainer_defaults: dict | None = None) -> HizooCLI:
+def main(args: list[str] | None = None, trainer_defaults: dict | None = None, export: bool = True) -> HizooCLI:
     """``args`` as on the command line (None: ``sys.argv``; none at all: the quickstart config); ``trainer_defaults``
-    as LightningCLI's (e.g. extra callbacks)."""
+    as LightningCLI's (e.g. extra callbacks); ``export=False``: no Hugging Face export after ``fit`` (the study's
+    runs, see ``HizooCLI``)."""
     if args is None:
         args = sys.argv[1:] or ["fit", "--config", str(QUICKSTART)]
     return HizooCLI(HizooLightningModule, HizooDataModule, args=resolve_configs(args),
-                    trainer_defaults=trainer_defaults, parser_class=HizooArgumentParser)
+                    trainer_defaults=trainer_defaults, parser_class=HizooArgumentParser, export=export)
 
 
 def cli() -> None:

@@ -7,7 +7,7 @@ import pytest
 from hizoo.models.configuration import STREAM_INITS
 from hizoo.study import SCALES, moe_variants, stream_variants
 from hizoo.study.__main__ import main
-from hizoo.study.runner import load_result, parameter_counts, result_path, summary_metrics
+from hizoo.study.runner import load_result, result_path, summary_metrics
 from hizoo.study.variants import select
 
 TOY = SCALES["toy"]
@@ -121,7 +121,8 @@ def test_parameter_counts_leave_out_unrouted_experts():
 
     model = HizooForCausalLM(HizooConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                                          ffn="moe", num_experts=8, num_experts_per_tok=2, moe_intermediate_size=8))
-    total, active = parameter_counts(model)
+    total, active = model.config.num_parameters(), model.config.num_parameters(active=True)  # what results hold
+    assert total == sum(p.numel() for p in model.parameters())
     experts = sum(p.numel() for layer in model.model.layers for p in layer.ffn.experts.parameters())
     assert total - active == experts * 6 // 8
 
