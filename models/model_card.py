@@ -120,14 +120,17 @@ _RESIDUALS = {
 
 
 def _residual(c) -> str:
+    scaled = (f"; the embedding enters the residual multiplied by {c.stream_embedding_scale:g} "
+              f"(stream_embedding_scale)" if c.stream_embedding_scale != 1.0 else "")
     if c.residual == "none":
-        return _RESIDUALS["none"]
+        return _RESIDUALS["none"] + scaled
     text = f"`{c.residual}`: {_RESIDUALS[c.residual]}, {c.n_streams} streams"
     if c.residual == "hc":
         text += ", static + dynamic" if c.hc_dynamic else ", static"
     if c.residual == "mhc":
         text += f", Sinkhorn {c.mhc_sinkhorn_iters} iterations"
-    return text + (f"; stream init `{c.stream_init}`, output `{c.stream_reduce}`, start stream `{c.stream_start}`")
+    return text + (f"; stream init `{c.stream_init}`, output `{c.stream_reduce}`, start stream `{c.stream_start}`"
+                   + scaled)
 
 
 def _title(c) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from statistics import fmean
 from pathlib import Path
 
@@ -153,7 +154,9 @@ def train_variant(variant: Variant, scale: Scale, seed: int, out: Path, source: 
     steps = steps or scale.steps
     start = time.perf_counter()
     config = run_config(variant, scale, seed, out, steps, source)
-    cli = train.main(["fit", "--config", json.dumps(config)], export=False)
+    with warnings.catch_warnings():  # python -m hizoo.study's own argv is not this run's: LightningCLI need not say so
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        cli = train.main(["fit", "--config", json.dumps(config)], export=False)
     trainer = cli.trainer
     if not trainer.state.finished or trainer.interrupted or trainer.global_step != steps:
         raise RuntimeError(f"{variant.name} seed {seed}: training did not finish (stopped at step {trainer.global_step})")

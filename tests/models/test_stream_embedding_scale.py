@@ -50,3 +50,10 @@ def test_every_stream_starts_from_the_scaled_embedding(kind):
 def test_bad_scales_are_refused(value):
     with pytest.raises(ValueError, match="stream_embedding_scale"):
         HizooConfig(**BASE, stream_embedding_scale=value)
+
+
+def test_the_model_card_states_a_scale_other_than_one(tmp_path):
+    HizooForCausalLM(HizooConfig(**BASE, stream_embedding_scale=4.0)).save_pretrained(tmp_path / "scaled")
+    HizooForCausalLM(HizooConfig(**BASE)).save_pretrained(tmp_path / "plain")
+    assert "multiplied by 4 (stream_embedding_scale)" in (tmp_path / "scaled" / "README.md").read_text()
+    assert "stream_embedding_scale" not in (tmp_path / "plain" / "README.md").read_text()
