@@ -10,6 +10,10 @@ Installed from a wheel (no checkout), ``python -m hizoo.train`` and the ``hizoo-
 same program: the configs ship inside the package, and ``--config`` names one by its preset name (``--config
 himoe``) or by its checkout path (``--config configs/himoe.yaml``) when no such file exists where you run.
 
+Every config in ``configs/`` extends ``configs/base.yaml`` (the shared trainer settings: callbacks, precision,
+logging) with its first key, ``config: base.yaml``; train.py loads the base first (``base_configs``), and
+whatever the config sets overrides it.
+
 A run is one folder, ``trainer.default_root_dir`` (``runs/<config>``): TensorBoard logs, ``config.yaml``,
 ``checkpoints/last.ckpt`` and, at the end of ``fit``, the model exported as a Hugging Face directory
 ``hf_model/`` (config, safetensors, tokenizer, modeling code, model card), loadable with ``AutoModelForCausalLM``
@@ -87,24 +91,72 @@ def packaged_config(value: str) -> str:
     return value
 
 
-def resolve_configs(args: list[str]) -> list[str]:
-    """``args`` with each ``--config X`` / ``--config=X`` resolved by ``packaged_config``."""
-    out = list(args)
-    for i, arg in enumerate(out):
-        if arg == "--config" and i + 1 < len(out):
-            out[i + 1] = packaged_config(out[i + 1])
-        elif arg.startswith("--config="):
-            out[i] = "--config=" + packaged_config(arg[len("--config="):])
+def base_configs(value: str, _seen: tuple[Path, ...] = ()) -> list[str]:
+    """The config files a config file extends, first first: the files named by its top-level ``config`` key
+    (jsonargparse's include syntax, relative to the file's folder; a base may name its own base), then none
+    for anything that is not a YAML file with that key (inline YAML, a missing file: the parser reports it).
+
+    LightningCLI's subcommands ignore a ``config`` key inside a config file (jsonargparse 4.x drops it), so
+    train.py passes every base as its own ``--config`` before the file: LightningCLI merges successive
+    ``--config`` files key by key, so the file's ``trainer.max_steps`` overrides the base's and leaves the
+    base's other trainer settings in place (a list, such as ``trainer.callbacks``, is replaced whole)."""
+    path = Path(value)
+    try:
+        if path.suffix not in (".yaml", ".yml") or not path.is_file():
+            return []
+    except OSError:  # not a path this system can hold (inline YAML): nothing to include
+        return []
+    import yaml
+
+    content = yaml.safe_load(path.read_text())
+    names = content.get("config") if isinstance(content, dict) else None
+    if names is None:
+        return []
+    out = []
+    for name in names if isinstance(names, list) else [names]:
+        base = (path.parent / str(name)).resolve()
+        if not base.is_file():
+            raise FileNotFoundError(f"{path}: config: {name} names no file ({base}); a config's `config` key is the "
+                                    "config file it extends, relative to its own folder")
+        if base in _seen or base == path.resolve():
+            raise ValueError(f"{path}: config: {name} includes itself (through {', '.join(map(str, _seen))})")
+        out += [*base_configs(str(base), (*_seen, path.resolve())), str(base)]
     return out
 
 
-def main(args: list[str] | None = None, trainer_defaults: dict | None = None) -> HizooCLI:
+def resolve_configs(args: list[str]) -> list[str]:
+    """``args`` with each ``--config X`` / ``--config=X`` resolved by ``packaged_config`` and preceded by the
+    ``--config`` of every file X extends (``base_configs``: configs/base.yaml for hizoo's configs)."""
+    out = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--config" and i + 1 < len(args):
+            value = packaged_config(args[i + 1])
+            given = ["--config", value]
+            i += 2
+        elif arg.startswith("--config="):
+            value = packaged_config(arg[len("--config="):])
+            given = ["--config=" + value]
+            i += 1
+        else:
+            out.append(arg)
+            i += 1
+            continue
+        for base in base_configs(value):
+            out += ["--config", base]
+        out += given
+    return out
+
+
+def main(args: list[str] | None = None, trainer_defaults: dict | None = None, export: bool = True) -> HizooCLI:
     """``args`` as on the command line (None: ``sys.argv``; none at all: the quickstart config); ``trainer_defaults``
-    as LightningCLI's (e.g. extra callbacks)."""
+    as LightningCLI's (e.g. extra callbacks); ``export=False``: no Hugging Face export after ``fit`` (the study's
+    runs, see ``HizooCLI``)."""
     if args is None:
         args = sys.argv[1:] or ["fit", "--config", str(QUICKSTART)]
     return HizooCLI(HizooLightningModule, HizooDataModule, args=resolve_configs(args),
-                    trainer_defaults=trainer_defaults, parser_class=HizooArgumentParser)
+                    trainer_defaults=trainer_defaults, parser_class=HizooArgumentParser, export=export)
 
 
 def cli() -> None:

@@ -1,30 +1,33 @@
 """The side runs of docs/RESULTS.md (residual streams): does the embedding's scale explain the stream inits'
 perplexities and HC's lead over the plain residual?
 
-    python docs/embedding_scale_runs.py [--out runs/embedding_scale]
+    python docs/embedding_scale_runs.py [--out runs/embedding_scale] [--scale cpu]
 
 Seed 0 of the cpu scale, three runs: HC and mHC with ``copy`` init and the embedding divided by n in every
 stream (the streams stay identical but sum to the embedding once, as with ``split``), and the plain residual
-with the embedding multiplied by 4. The scaling patches ``StreamExpansion.forward`` for this process only.
+with the embedding multiplied by 4. Each is a study variant with the config field ``stream_embedding_scale``
+set, trained through the study's runner (train.py's entry point); runs/<variant>_embedding_x<scale>/seed0
+holds each result.json.
 """
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
-import hizoo.models.stream_init as stream_init
 from hizoo.study import SCALES, stream_variants
 from hizoo.study.runner import build_datamodule, train_variant
+from hizoo.study.variants import Scale, Variant
 
-EXPAND = stream_init.StreamExpansion.forward
 
-
-def scaled_expansion(copy_factor: float, plain_factor: float):
-    def forward(self, x):
-        streams = EXPAND(self, x)  # [B, S, n, d]
-        if self.n_streams == 1:
-            return streams * plain_factor
-        return streams * copy_factor if self.kind == "copy" else streams
-    return forward
+def scaled_variants(scale: Scale) -> list[Variant]:
+    """hc_copy and mhc_copy with stream_embedding_scale 1/n, plain with 4."""
+    variants = {v.name: v for v in stream_variants(scale)}
+    out = []
+    for name, factor in (("hc_copy", 1 / scale.n_streams), ("mhc_copy", 1 / scale.n_streams), ("plain", 4.0)):
+        v = variants[name]
+        out.append(replace(v, name=f"{name}_embedding_x{factor:g}", label=f"{v.label}, embedding x{factor:g}",
+                           model={**v.model, "stream_embedding_scale": factor}))
+    return out
 
 
 def main() -> None:
@@ -33,15 +36,10 @@ def main() -> None:
     parser.add_argument("--scale", choices=list(SCALES), default="cpu")
     args = parser.parse_args()
     out, scale = Path(args.out), SCALES[args.scale]
-    datamodule = build_datamodule(scale, out, None)
-    variants = {v.name: v for v in stream_variants(scale)}
-    runs = [("hc_copy", 1 / scale.n_streams, 1.0), ("mhc_copy", 1 / scale.n_streams, 1.0), ("plain", 1.0, 4.0)]
-    for name, copy_factor, plain_factor in runs:
-        stream_init.StreamExpansion.forward = scaled_expansion(copy_factor, plain_factor)
-        result = train_variant(variants[name], scale, 0, out, datamodule)
-        factor = plain_factor if name == "plain" else copy_factor
-        print(f"{name}, embedding x{factor:g}: val ppl {result['val_ppl']:.2f}", flush=True)
-    stream_init.StreamExpansion.forward = EXPAND
+    build_datamodule(scale, out, None)  # the tokenizer, once, in out/cache
+    for variant in scaled_variants(scale):
+        result = train_variant(variant, scale, 0, out)
+        print(f"{variant.label}: val ppl {result['val_ppl']:.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -179,6 +179,9 @@ class HizooConfig(PreTrainedConfig):
     hc_dynamic: bool = True  # hc only: the token-dependent terms s ⊙ tanh(norm(H) W) (Eqs. 10-13; the official stream-collapse HC is always dynamic); False: static HC. mhc is always dynamic
     stream_init: str = "copy"  # copy | lss | rotate | split | perturb | balanced_rotate (models/stream_init.py)
     stream_init_angle: float = 0.2  # θ of stream_init="balanced_rotate", radians in (0, π/2)
+    # the embedding is multiplied by this in every stream at the expansion (n = 1: the plain residual's input);
+    # 1.0 is the model of the papers, other values test how the embedding's weight against the branches matters
+    stream_embedding_scale: float = 1.0
     # output: Σ_s norm(H_s) (norm_sum, the official stream-collapse model) | norm(Σ_s H_s) (sum_norm); n = 1: norm(H)
     stream_reduce: str = "norm_sum"
     # the stream each connection reads (and, for mHC, writes) at init: random (as the official code; drawn from
@@ -361,6 +364,7 @@ class HizooConfig(PreTrainedConfig):
         _check_positive_int(self, "n_streams")
         _check_positive_int(self, "mhc_sinkhorn_iters")
         _check_positive(self, "mhc_alpha_init")
+        _check_positive(self, "stream_embedding_scale")  # finite: _check_field_types refuses inf and NaN
         if self.stream_init == "rotate" and self.hidden_size < 2:
             raise ValueError(f"stream_init='rotate' rotates channel pairs; hidden_size={self.hidden_size} must be >= 2")
         if self.stream_init == "balanced_rotate" and self.hidden_size % 2:
@@ -385,6 +389,72 @@ class HizooConfig(PreTrainedConfig):
         """MoE unless the model is dense, the layer is one of the first ``num_dense_layers`` or in ``mlp_only_layers``."""
         return (self.ffn == "moe" and layer_idx >= self.num_dense_layers
                 and layer_idx not in (self.mlp_only_layers or ()))
+
+    # ------------------------------------------------------------------ parameter and FLOP counts
+    def num_parameters(self, active: bool = False) -> int:
+        """Parameters of the model this config builds (``HizooForCausalLM``), counted from the config alone, so
+        that a study, the model card and the throughput logging report one number, also for a model that is not
+        built, sharded or built on another device. A tied ``lm_head`` counts once; every routed expert counts,
+        on whichever expert-parallel rank it lives. ``active=True``: the parameters one token is computed
+        with, i.e. of each MoE layer's ``num_experts`` routed experts only the ``num_experts_per_tok`` it goes
+        to (the router, the shared experts and everything outside the experts count in full)."""
+        d, n = self.hidden_size, self.n_streams
+        q_width, kv_width = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        bias = self.attention_bias
+        attention = d * (q_width + 2 * kv_width) + q_width * d + (q_width + 2 * kv_width + d if bias else 0)
+        attention += q_width + kv_width if self.qk_norm else 0  # OLMoE's qk-norm over the full projections
+        per_layer = 2 * d + attention + 2 * self._connection_parameters()  # the two pre-norms, attn and ffn
+        total = 0
+        for layer in range(self.num_hidden_layers):
+            if not self.is_moe_layer(layer):
+                ffn = 3 * d * self.intermediate_size  # SwiGLU gate, up, down
+            else:
+                E, K, expert = self.num_experts, self.num_experts_per_tok, 3 * d * self.moe_intermediate_size
+                router = E * d + (E if self.router == "himoe" else 0)  # Hi-MoE's per-expert scale
+                shared = 3 * d * self.num_shared_experts * self.moe_intermediate_size
+                ffn = router + shared + (K if active else E) * expert
+            total += per_layer + ffn
+        embedding = self.vocab_size * d
+        lm_head = 0 if self.tie_word_embeddings else self.vocab_size * d
+        expansion = {"lss": n * d, "split": n * d, "rotate": n * (d // 2),
+                     "balanced_rotate": n * (d // 2)}.get(self.stream_init, 0) if self.residual != "none" else 0
+        return embedding + expansion + total + d + lm_head  # + the final norm
+
+    def _connection_parameters(self) -> int:
+        """Parameters of one residual-stream connection (models/hc.py, models/mhc.py); 0 for the plain residual."""
+        d, n = self.hidden_size, self.n_streams
+        if self.residual == "hc":
+            static = n + n * n + n  # read, mix, write (Eqs. 10-13 of the HC paper, static part)
+            dynamic = (n + 1) * d + d + 2 + d if self.hc_dynamic else 0  # projections, scales, norm gain
+            return static + dynamic
+        if self.residual in ("mhc", "mhc_lite"):
+            mix = n * n if self.residual == "mhc" else math.factorial(n)  # Sinkhorn logits | permutation weights
+            return n + n + mix + (2 * n + mix) * n * d + 3 + n * d  # biases, projection, α, norm gain
+        return 0
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Model FLOPs per trained token, forward + backward (PaLM, Appendix B): 6·N + 12·L·H·Q·S.
+
+        N counts the weights a token is multiplied with: attention projections, the FFN (in MoE layers only the
+        K routed experts it goes to, the shared experts and the router), the LM head (the embedding lookup is no
+        matmul). 12·L·H·Q·S is attention itself (QKᵀ and AV, 2·2·H·Q·S forward, twice that backward) with H heads
+        of width Q over the training sequence length S, counted over the whole sequence as PaLM does (causal
+        masking is not discounted). MoE routing overheads (sorting, gathers), norms and the residual-stream
+        mixing are not counted."""
+        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+            raise ValueError(f"seq_len={seq_len!r} must be a positive int (the training sequence length)")
+        d, L = self.hidden_size, self.num_hidden_layers
+        attn = d * self.head_dim * (2 * self.num_attention_heads + 2 * self.num_key_value_heads)
+        matmul = self.vocab_size * d  # lm_head (the embedding lookup costs no FLOPs)
+        for layer in range(L):
+            if self.is_moe_layer(layer):
+                routed = self.num_experts_per_tok + self.num_shared_experts
+                ffn = 3 * d * self.moe_intermediate_size * routed + d * self.num_experts  # + router
+            else:
+                ffn = 3 * d * self.intermediate_size
+            matmul += attn + ffn
+        attention_scores = 12 * L * self.num_attention_heads * self.head_dim * seq_len
+        return 6.0 * matmul + attention_scores
 
 
 # ---------------------------------------------------------------------- field names and types

@@ -153,7 +153,7 @@ class HizooLightningModule(L.LightningModule):
         self.log("train/ce", ce)
         for name, value in (out.aux_losses or {}).items():
             self.log(f"train/aux_{name}", value)
-        self._window.add_tokens(ids.numel(), ids.numel() * training_flops_per_token(self.model.config, ids.shape[1]))
+        self._window.add_tokens(ids.numel(), ids.numel() * self.model.config.flops_per_token(ids.shape[1]))
         return out.loss
 
     # Throughput counts the time of the optimizer step's own work: every micro-batch from its start hook to the
@@ -367,31 +367,6 @@ class StepTimer:
         """(tokens, FLOPs, seconds) of the step that just finished, once; None between steps."""
         done, self._finished = self._finished, None
         return done
-
-
-def training_flops_per_token(config: HizooConfig, seq_len: int) -> float:
-    """Model FLOPs per trained token, forward + backward (PaLM, Appendix B): 6·N + 12·L·H·Q·S.
-
-    N counts the weights a token is multiplied with: attention projections, the FFN (in MoE layers only the K
-    routed experts it goes to, the shared experts and the router), the LM head (the embedding lookup is no
-    matmul). 12·L·H·Q·S is attention itself (QKᵀ and AV, 2·2·H·Q·S forward, twice that backward) with H heads of
-    width Q over the training sequence length S, counted over the whole sequence as PaLM does (causal masking
-    is not discounted). MoE routing overheads (sorting, gathers) and the residual-stream mixing are not counted.
-    """
-    if not isinstance(seq_len, int) or seq_len < 1:
-        raise ValueError(f"seq_len={seq_len!r} must be a positive int (the training sequence length)")
-    d, L = config.hidden_size, config.num_hidden_layers
-    attn = d * config.head_dim * (2 * config.num_attention_heads + 2 * config.num_key_value_heads)
-    active = config.vocab_size * d  # lm_head (the embedding lookup costs no FLOPs)
-    for layer in range(L):
-        if config.is_moe_layer(layer):
-            routed = config.num_experts_per_tok + config.num_shared_experts
-            ffn = 3 * d * config.moe_intermediate_size * routed + d * config.num_experts  # + router
-        else:
-            ffn = 3 * d * config.intermediate_size
-        active += attn + ffn
-    attention_scores = 12 * L * config.num_attention_heads * config.head_dim * seq_len
-    return 6.0 * active + attention_scores
 
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")

@@ -9,7 +9,7 @@ config, the parameter counts and the ``ModelCardInfo`` (no dates), so saving the
 Parameters: ``total`` counts every parameter once (a tied lm_head shares the embedding); ``active`` is what one
 token uses: the total minus, in every MoE layer, the routed experts it does not pick (E − K of E, each
 ``3 · hidden_size · moe_intermediate_size`` weights); routers and shared experts are always active. Embeddings are
-included in both.
+included in both. Both come from ``HizooConfig.num_parameters``, the one count the study and the logs use too.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ import math
 from dataclasses import dataclass, fields
 
 from torch import nn
-
-from ..kernels import GroupedExperts
 
 CARD_MARKER = "<!-- hizoo model card: written from the config when the model was saved -->"
 CODE_LICENSE = "Apache-2.0"
@@ -65,19 +63,6 @@ class ModelCardInfo:
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
-
-
-def parameter_counts(model: nn.Module) -> tuple[int, int]:
-    """(total, active per token) parameters of a hizoo model; see the module docstring."""
-    total = sum(p.numel() for p in model.parameters())  # parameters() yields a tied weight once
-    k = model.config.num_experts_per_tok
-    inactive = 0
-    for module in model.modules():
-        if isinstance(module, GroupedExperts):
-            per_expert = module.w13[0].numel() + module.w2[0].numel()
-            total += (module.num_experts - module.w13.shape[0]) * per_expert  # experts on other expert-parallel ranks
-            inactive += (module.num_experts - k) * per_expert
-    return total, total - inactive
 
 
 def _count(n: int) -> str:
@@ -135,14 +120,17 @@ _RESIDUALS = {
 
 
 def _residual(c) -> str:
+    scaled = (f"; the embedding enters the residual multiplied by {c.stream_embedding_scale:g} "
+              f"(stream_embedding_scale)" if c.stream_embedding_scale != 1.0 else "")
     if c.residual == "none":
-        return _RESIDUALS["none"]
+        return _RESIDUALS["none"] + scaled
     text = f"`{c.residual}`: {_RESIDUALS[c.residual]}, {c.n_streams} streams"
     if c.residual == "hc":
         text += ", static + dynamic" if c.hc_dynamic else ", static"
     if c.residual == "mhc":
         text += f", Sinkhorn {c.mhc_sinkhorn_iters} iterations"
-    return text + (f"; stream init `{c.stream_init}`, output `{c.stream_reduce}`, start stream `{c.stream_start}`")
+    return text + (f"; stream init `{c.stream_init}`, output `{c.stream_reduce}`, start stream `{c.stream_start}`"
+                   + scaled)
 
 
 def _title(c) -> str:
@@ -159,7 +147,7 @@ def _ids(value) -> str:
 def model_card_text(model: nn.Module, info: ModelCardInfo, folder: str = "model", version: str = "") -> str:
     """README.md text for ``model`` saved in a folder named ``folder``."""
     c = model.config
-    total, active = parameter_counts(model)
+    total, active = c.num_parameters(), c.num_parameters(active=True)  # from the config: every expert counts
     path = info.path or folder
     unknown = "not recorded"
     ppl = f"{info.validation_perplexity:.4g}" if info.validation_perplexity is not None else unknown

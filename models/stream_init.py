@@ -45,7 +45,8 @@ PERTURB_STD = 0.1  # stream_init="perturb": N(0, 0.1²) added to every static re
 
 
 class StreamExpansion(nn.Module):
-    """Embedding x [B, S, d] -> streams [B, S, n, d] according to ``config.stream_init``.
+    """Embedding x [B, S, d] -> streams [B, S, n, d] according to ``config.stream_init``, applied to
+    ``config.stream_embedding_scale``·x (1.0 by default; for n = 1 the plain residual's input).
 
     - ``copy``: H_s = x (a broadcast view, no copy is made).
     - ``lss``: H_s = x ⊙ λ_s, λ ∈ R^{n×d} initialized 0.6 + U(−b, b) with the Xavier-uniform bound
@@ -84,6 +85,7 @@ class StreamExpansion(nn.Module):
         super().__init__()
         self.kind = config.stream_init
         self.n_streams = n = config.n_streams
+        self.embedding_scale = config.stream_embedding_scale  # x ↦ scale·x before the expansion (1.0: as is)
         d = config.hidden_size
         if self.kind == "lss":
             self.stream_scale = nn.Parameter(torch.empty(n, d))
@@ -110,6 +112,8 @@ class StreamExpansion(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         n = self.n_streams
+        if self.embedding_scale != 1.0:  # stream_embedding_scale: every stream gets scale·x (1.0 skips the multiply)
+            x = x * self.embedding_scale
         if self.kind in ("copy", "perturb"):
             return x.unsqueeze(-2).expand(*x.shape[:-1], n, x.shape[-1])
         if self.kind == "lss":

@@ -1,4 +1,8 @@
-"""Train one (variant, seed) of a study with Lightning and measure it on held-out data.
+"""Train one (variant, seed) of a study through train.py's entry point and measure it on held-out data.
+
+A run is a LightningCLI config (``run_config``: the scale's model, data and budget, the variant's HizooConfig
+fields, the study's callbacks) passed to ``train.main`` as ``python train.py fit --config`` would take it; the
+validation CE is the run's own logged ``val/ce`` and the parameter counts are ``HizooConfig.num_parameters``.
 
 Each run writes ``runs/<variant>/seed<k>/result.json`` (atomically) under the study folder and logs to
 TensorBoard under ``tensorboard/<variant>/seed<k>``; a study that is started again skips the runs whose result
@@ -7,21 +11,19 @@ is there, so an interrupted study continues where it stopped.
 
 from __future__ import annotations
 
+import json
 import math
 import time
+import warnings
 from statistics import fmean
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 
-from ..analysis.callback import DiagnosticsCallback
 from ..analysis.report import collect
 from ..data import HizooDataModule
 from ..models.files import atomic_write_json, read_json
-from ..models.lightning import HizooLightningModule
-from ..models.loss import next_token_cross_entropy
 from .variants import Scale, Variant
 
 
@@ -41,34 +43,6 @@ class CurveRecorder(L.Callback):
         ce = trainer.callback_metrics.get("train/ce")
         if ce is not None and trainer.global_step % trainer.log_every_n_steps == 0:
             self.train.append((trainer.global_step, float(ce)))
-
-
-def parameter_counts(model) -> tuple[int, int]:
-    """(total, active per token): active counts K of the E routed experts in every MoE layer."""
-    total = sum(p.numel() for p in model.parameters())
-    inactive = 0
-    config = model.config
-    for module in model.modules():
-        experts = getattr(module, "experts", None)
-        if experts is not None and hasattr(module, "router"):
-            expert_params = sum(p.numel() for p in experts.parameters())
-            inactive += expert_params * (config.num_experts - config.num_experts_per_tok) // config.num_experts
-    return total, total - inactive
-
-
-@torch.no_grad()
-def validation_ce(model, datamodule: HizooDataModule, max_batches: int | None = None) -> float:
-    """Token-weighted next-token CE (no aux losses) over the first ``max_batches`` validation batches (all: None)."""
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    for i, batch in enumerate(datamodule.val_dataloader()):
-        if i == max_batches:
-            break
-        ids = batch["input_ids"].to(device)  # [B, S]
-        logits = model(ids, use_cache=False).logits  # [B, S, V]
-        total += float(next_token_cross_entropy(logits, ids, reduction="sum"))
-        count += ids[:, 1:].numel()
-    return total / count
 
 
 def held_out_batch(datamodule: HizooDataModule, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,44 +107,74 @@ def summary_metrics(report: dict) -> dict:
     return out
 
 
-def train_variant(variant: Variant, scale: Scale, seed: int, out: Path, datamodule: HizooDataModule,
+def run_config(variant: Variant, scale: Scale, seed: int, out: Path, steps: int | None = None,
+               source: str | list[str] | None = None) -> dict:
+    """The LightningCLI config of one (variant, seed) run, as ``python train.py fit --config`` takes it: the
+    scale's model, data and budget with the variant's HizooConfig fields on top, the study's curves and
+    diagnostics as callbacks, TensorBoard under ``out/tensorboard/<variant>/seed<seed>``, no checkpoints."""
+    steps = steps or scale.steps
+    data = {**scale.data, "seed": seed, "cache_dir": str(out / "cache")}  # the training order is drawn from the seed
+    if source is not None:
+        data.update(source=source, max_files=None)
+    return {
+        "seed_everything": seed,  # model init (and any other draw) from the seed
+        "trainer": {
+            "max_steps": steps, "val_check_interval": min(scale.val_every, steps),
+            "limit_val_batches": scale.val_batches if scale.val_batches is not None else 1.0,
+            "check_val_every_n_epoch": None, "log_every_n_steps": min(10, steps), "gradient_clip_val": 1.0,
+            "accelerator": scale.accelerator, "devices": 1, "precision": scale.precision,
+            "default_root_dir": str(result_path(out, variant.name, seed).parent),
+            "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                       "init_args": {"save_dir": str(out / "tensorboard"), "name": variant.name,
+                                     "version": f"seed{seed}"}},
+            "callbacks": [
+                {"class_path": "hizoo.study.runner.CurveRecorder"},
+                {"class_path": "hizoo.analysis.callback.DiagnosticsCallback",
+                 "init_args": {"scalars_every_n_steps": max(1, steps // 10), "figures_every_n_steps": steps}}],
+            "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False,
+            "num_sanity_val_steps": 0},
+        "model": {"model_config": {**scale.model, **variant.model}, "lr": scale.lr,
+                  "warmup_steps": min(scale.warmup_steps, max(1, steps // 10))},
+        "data": data,
+    }
+
+
+def train_variant(variant: Variant, scale: Scale, seed: int, out: Path, source: str | list[str] | None = None,
                   steps: int | None = None) -> dict:
-    """Train ``variant`` at ``scale`` from ``seed`` (model init and data order) and measure it.
+    """Train ``variant`` at ``scale`` from ``seed`` (model init and data order) through train.py's entry point
+    (``run_config`` as its ``--config``) and measure it.
 
     Writes ``out/runs/<variant>/seed<seed>/result.json`` and returns it as ``load_result`` reads it:
     {"variant", "label", "seed", "tokens", "params", "active_params", "val_ce", "val_ppl",
     "curve": {"val": [[step, ce]], "train": …}, "report": the full diagnostics report, "seconds",
-    "metrics": summary_metrics of the report}."""
+    "metrics": summary_metrics of the report}. ``val_ce`` is the run's last logged ``val/ce`` (the validation
+    after the last optimizer step, over ``scale.val_batches`` batches), the parameters ``HizooConfig``'s counts."""
+    from .. import train  # train.py: the one training entry point (HizooCLI)
+
     steps = steps or scale.steps
     start = time.perf_counter()
-    L.seed_everything(seed, verbose=False)
-    datamodule.seed = seed  # the training order is drawn from the seed too
-    module = HizooLightningModule(model_config={**scale.model, **variant.model}, lr=scale.lr,
-                                  warmup_steps=min(scale.warmup_steps, max(1, steps // 10)))
-    curves = CurveRecorder()
-    logger = TensorBoardLogger(out / "tensorboard", name=variant.name, version=f"seed{seed}")
-    trainer = L.Trainer(
-        max_steps=steps, val_check_interval=min(scale.val_every, steps),
-        limit_val_batches=scale.val_batches if scale.val_batches is not None else 1.0,
-        check_val_every_n_epoch=None, log_every_n_steps=min(10, steps), gradient_clip_val=1.0,
-        accelerator=scale.accelerator, devices=1, precision=scale.precision, logger=logger,
-        callbacks=[curves, DiagnosticsCallback(scalars_every_n_steps=max(1, steps // 10), figures_every_n_steps=steps)],
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
-    trainer.fit(module, datamodule=datamodule)
-    if not trainer.state.finished or trainer.interrupted:
+    config = run_config(variant, scale, seed, out, steps, source)
+    with warnings.catch_warnings():  # python -m hizoo.study's own argv is not this run's: LightningCLI need not say so
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        cli = train.main(["fit", "--config", json.dumps(config)], export=False)
+    trainer = cli.trainer
+    if not trainer.state.finished or trainer.interrupted or trainer.global_step != steps:
         raise RuntimeError(f"{variant.name} seed {seed}: training did not finish (stopped at step {trainer.global_step})")
+    curves = next(c for c in trainer.callbacks if isinstance(c, CurveRecorder))
+    if not curves.val or curves.val[-1][0] != steps:
+        raise RuntimeError(f"{variant.name} seed {seed}: no validation after the last step {steps} "
+                           f"(validations at {[step for step, _ in curves.val]})")
+    val_ce = curves.val[-1][1]  # the logged val/ce of the final validation
 
-    model = module.model.eval()
+    model, datamodule = cli.model.model.eval(), cli.datamodule
     device = next(model.parameters()).device
-    val_ce = validation_ce(model, datamodule, scale.val_batches)
     input_ids, domain_ids = held_out_batch(datamodule, scale.eval_sequences)
     report = collect(model, input_ids.to(device), domain_ids.to(device), datamodule.domain_names)
-    params, active = parameter_counts(model)
     result = {
         "variant": variant.name, "label": variant.label, "seed": seed, "scale": scale.name, "steps": steps,
-        "tokens": steps * datamodule.batch_size * datamodule.seq_len, "params": params, "active_params": active,
-        "val_ce": val_ce, "val_ppl": math.exp(val_ce), "curve": {"val": curves.val, "train": curves.train},
-        "report": report, "seconds": time.perf_counter() - start,
+        "tokens": steps * datamodule.batch_size * datamodule.seq_len, "params": model.config.num_parameters(),
+        "active_params": model.config.num_parameters(active=True), "val_ce": val_ce, "val_ppl": math.exp(val_ce),
+        "curve": {"val": curves.val, "train": curves.train}, "report": report, "seconds": time.perf_counter() - start,
     }
     path = result_path(out, variant.name, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -229,7 +233,7 @@ def _train_in_worker(variant: Variant, scale: Scale, seed: int, out: Path, sourc
 
     torch.set_num_threads(1)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    train_variant(variant, scale, seed, out, build_datamodule(scale, out, source), steps)
+    train_variant(variant, scale, seed, out, source, steps)
 
 
 def run_study(variants: list[Variant], scale: Scale, seeds: list[int], out: Path, source: str | list[str] | None = None,
@@ -238,7 +242,7 @@ def run_study(variants: list[Variant], scale: Scale, seeds: list[int], out: Path
     in (variant, seed) order. ``source`` overrides the scale's corpus (local files or ``hf:NAME``). ``jobs`` > 1
     trains that many runs at once in worker processes of one thread each (CPU scales: one job per core)."""
     out.mkdir(parents=True, exist_ok=True)
-    datamodule = build_datamodule(scale, out, source)  # trains the tokenizer once, before any worker starts
+    build_datamodule(scale, out, source)  # trains the tokenizer once (out/cache), before any run or worker starts
     pairs = [(v, s) for v in variants for s in seeds]
     todo = []
     for variant, seed in pairs:
@@ -265,6 +269,6 @@ def run_study(variants: list[Variant], scale: Scale, seeds: list[int], out: Path
                 done(i, *futures[future])
     else:
         for i, (variant, seed) in enumerate(todo, 1):
-            train_variant(variant, scale, seed, out, datamodule, steps)
+            train_variant(variant, scale, seed, out, source, steps)
             done(i, variant, seed)
     return [load_result(result_path(out, v.name, s)) for v, s in pairs]

@@ -35,9 +35,10 @@ def test_packaged_config_finds_presets_by_name_and_by_checkout_path(tmp_path, mo
     assert train.packaged_config("configs/himoe.yaml") == "configs/himoe.yaml"
     for inline in ("{trainer: {max_steps: 2}}", "trainer: {max_steps: 2}", "x" * 5000):  # inline YAML, too long
         assert train.packaged_config(inline) == inline
+    base = str(train.CONFIGS / "base.yaml")  # every packaged config extends it: loaded first, by its own --config
     assert train.resolve_configs(["fit", "--config", "tiny", "--config=dense", "--data.source", "tiny"]) == [
-        "fit", "--config", str(train.CONFIGS / "tiny.yaml"), f"--config={train.CONFIGS / 'dense.yaml'}",
-        "--data.source", "tiny"]
+        "fit", "--config", base, "--config", str(train.CONFIGS / "tiny.yaml"), "--config", base,
+        f"--config={train.CONFIGS / 'dense.yaml'}", "--data.source", "tiny"]
 
 
 def test_the_default_config_is_the_packaged_quickstart():

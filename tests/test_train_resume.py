@@ -39,8 +39,9 @@ def _config(path: Path, cache: Path, base: str = "tiny.yaml", **trainer) -> Path
     config["trainer"]["callbacks"] = [{"class_path": "hizoo.training.RunCheckpoint",
                                        "init_args": {"every_n_train_steps": EVERY}}]
     config["data"]["cache_dir"] = str(cache)
+    config["config"] = str(REPO / "configs" / config["config"])  # the base it extends, from its new folder
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
 

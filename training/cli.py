@@ -57,7 +57,10 @@ class HizooCLI(LightningCLI):
     resume_from: Path | None = None
     predictions: list[dict] | None = None  # what the latest predict generated (global rank 0)
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, export: bool = True, **kwargs):
+        """``export=False``: ``fit`` neither exports the model nor refuses a run that diverged (exit status 1); a
+        study measures its runs, divergence included, instead of publishing them."""
+        self.export = export
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})  # config.yaml of the latest start
         super().__init__(*args, **kwargs)
 
@@ -129,7 +132,7 @@ class HizooCLI(LightningCLI):
         for checkpointer in checkpointers:
             if checkpointer.dirpath is None:  # where `--ckpt_path last` looks, before Lightning's setup runs
                 checkpointer.dirpath = str(checkpoint_dir)
-        if not any(isinstance(c, HFExportCallback) for c in [*callbacks, *defaults]):
+        if self.export and not any(isinstance(c, HFExportCallback) for c in [*callbacks, *defaults]):
             callbacks.append(HFExportCallback())  # a finished run exports to <run folder>/hf_model
         kwargs["callbacks"] = callbacks
         checkpoint_dirs = sorted({Path(c.dirpath) for c in checkpointers}) or [checkpoint_dir]
@@ -176,7 +179,7 @@ class HizooCLI(LightningCLI):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()  # a live gloo/NCCL group aborts the interpreter at exit
-        if trainer.interrupted or not trainer.is_global_zero:
+        if trainer.interrupted or not trainer.is_global_zero or not self.export:
             return
         refused = export_refusal(trainer, trainer.global_step)
         if refused:

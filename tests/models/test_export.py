@@ -26,7 +26,7 @@ from hizoo.kernels import GroupedExperts
 from hizoo.kernels import experts as experts_module
 from hizoo.models import export
 from hizoo.models.conversion import convert_olmoe_checkpoint
-from hizoo.models.model_card import CARD_MARKER, ModelCardInfo, parameter_counts
+from hizoo.models.model_card import CARD_MARKER, ModelCardInfo
 from hizoo.models.moe import update_router_states
 
 PACKAGE_ROOT = Path(hizoo.__file__).resolve().parent
@@ -380,7 +380,8 @@ def test_model_card_numbers_are_the_models(tmp_path):
     layer = attention + 2 * d + E * d + E * 3 * d * f  # + two norms, router, experts
     total = 2 * V * d + L * layer + d  # embedding, lm_head (untied), layers, final norm
     active = total - L * (E - K) * 3 * d * f
-    assert parameter_counts(model) == (total, active) and total == sum(p.numel() for p in model.parameters())
+    assert (config.num_parameters(), config.num_parameters(active=True)) == (total, active)
+    assert total == sum(p.numel() for p in model.parameters())
     model.save_pretrained(tmp_path / "m", model_card=ModelCardInfo(training_tokens=1_536_000,
                                                                   validation_perplexity=12.3456))
     card = (tmp_path / "m" / "README.md").read_text()
@@ -414,8 +415,13 @@ def test_model_card_states_capacity_and_static_hc(tmp_path):
 
 
 def test_a_tied_lm_head_is_counted_once():
-    untied = parameter_counts(HizooForCausalLM(HizooConfig(**BASE)))
-    tied = parameter_counts(HizooForCausalLM(HizooConfig(**{**BASE, "tie_word_embeddings": True})))
+    def counts(config):
+        total = sum(p.numel() for p in HizooForCausalLM(config).parameters())  # a tied weight is yielded once
+        assert config.num_parameters() == total
+        return total, config.num_parameters(active=True)
+
+    untied = counts(HizooConfig(**BASE))
+    tied = counts(HizooConfig(**{**BASE, "tie_word_embeddings": True}))
     assert untied[0] - tied[0] == BASE["vocab_size"] * BASE["hidden_size"] and tied[0] == tied[1]  # dense: all active
 
 

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 from hizoo import HizooConfig, HizooForCausalLM
-from hizoo.models.lightning import HizooLightningModule, training_flops_per_token
+from hizoo.models.lightning import HizooLightningModule
 
 DENSE = dict(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
              intermediate_size=128, tie_word_embeddings=False, max_position_embeddings=2048)
@@ -21,7 +21,7 @@ def test_flops_per_token_by_hand():
     # per layer: q,o 64·16·4 each, k,v 64·16·2 each = 12288; SwiGLU 3·64·128 = 24576; lm_head 100·64 = 6400
     n = 2 * (12288 + 24576) + 6400
     attention = 12 * 2 * 4 * 16 * 32  # 12·L·H·Q·S at S = 32
-    assert training_flops_per_token(HizooConfig(**DENSE), 32) == 6 * n + attention == 529920
+    assert HizooConfig(**DENSE).flops_per_token(32) == 6 * n + attention == 529920
 
 
 def test_flops_per_token_match_torch_flop_counter_on_forward_and_backward():
@@ -31,13 +31,13 @@ def test_flops_per_token_match_torch_flop_counter_on_forward_and_backward():
     ids = torch.randint(0, 100, (3, 32))
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model(ids, labels=ids).loss.backward()
-    assert counter.get_total_flops() / ids.numel() == training_flops_per_token(config, 32)
+    assert counter.get_total_flops() / ids.numel() == config.flops_per_token(32)
 
 
 def test_attention_flops_follow_the_training_length_not_max_position_embeddings():
     short, long_context = HizooConfig(**DENSE), HizooConfig(**{**DENSE, "max_position_embeddings": 8192})
-    assert training_flops_per_token(short, 128) == training_flops_per_token(long_context, 128)
-    assert training_flops_per_token(short, 256) - training_flops_per_token(short, 128) == 12 * 2 * 4 * 16 * 128
+    assert short.flops_per_token(128) == long_context.flops_per_token(128)
+    assert short.flops_per_token(256) - short.flops_per_token(128) == 12 * 2 * 4 * 16 * 128
 
 
 class _Sleeper(L.Callback):
@@ -100,5 +100,5 @@ def test_throughput_excludes_validation_and_checkpoint_time():
     mfu = float(trainer.callback_metrics["train/mfu"])
     tflops = float(trainer.callback_metrics["train/tflops"])
     tokens_per_s = float(trainer.callback_metrics["train/tokens_per_s"])
-    flops = training_flops_per_token(module.model.config, 16)
+    flops = module.model.config.flops_per_token(16)
     assert abs(tflops - tokens_per_s * flops / 1e12) <= 1e-6 * tflops and abs(mfu - tflops) <= 1e-6 * tflops
