@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study", choices=sorted(STUDIES))
     parser.add_argument("--scale", choices=list(SCALES), default="cpu",
-                        help="model size, data and budget (default cpu: about 40 (moe) and 70 (streams) minutes of "
-                             "one-thread run time, divided by --jobs)")
+                        help="model size, data and budget, configs/study/<scale>.yaml (default cpu: 33 (moe) and "
+                             "54 (streams) runs, about 65 and 110 minutes of one-thread run time, divided by --jobs)")
     parser.add_argument("--seeds", type=int, help="number of seeds 0..N-1 (default: the scale's)")
     parser.add_argument("--steps", type=int, help="optimizer steps per run (default: the scale's)")
     parser.add_argument("--variants", nargs="+", metavar="NAME", help="a subset of the study's variants")

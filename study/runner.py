@@ -15,13 +15,12 @@ import json
 import math
 import time
 import warnings
-from statistics import fmean
 from pathlib import Path
 
 import lightning as L
 import torch
 
-from ..analysis.report import collect
+from ..analysis.report import DiagnosticsReport, as_report, collect
 from ..data import HizooDataModule
 from ..models.files import atomic_write_json, read_json
 from .variants import Scale, Variant
@@ -54,57 +53,10 @@ def held_out_batch(datamodule: HizooDataModule, n: int) -> tuple[torch.Tensor, t
     return data.input_ids[rows], data.domain_ids[rows]
 
 
-def summary_metrics(report: dict) -> dict:
-    """The study's per-run numbers from a diagnostics report (layer means; absent sections give no keys).
-
-    Streams: "mix_identity_distance" (‖M̄ − I‖_F of the token-mean mixing) and "mix_identity_distance_per_token"
-    (token mean of ‖M_t − I‖_F), both averaged over connections; "column_sum_deviation" / "row_sum_deviation"
-    (mean |sum − 1| of the per-token sums over all connections); "logit_spread_above_30" (mHC); "amax_forward" /
-    "amax_backward" (token mean of the per-token Amax gain of the mixing product over depth); and
-    "exact_by_construction": the keys of those that are fixed for the kind (left out, not reported as constants)."""
-    out: dict = {}
-    experts = report.get("experts")
-    if experts and experts["moe_layers"]:
-        layers = list(experts["layers"].values())
-        out["cv"] = experts["mean_cv"]
-        out["max_vio"] = experts["mean_max_vio"]
-        if "group_cv" in layers[0]:
-            out["group_cv"] = fmean(s["group_cv"] for s in layers)
-            out["within_group_collapse"] = fmean(s["within_group_collapse"] for s in layers)
-    domains = report.get("domains")
-    if domains and domains["all_layers"]["specialization"]:
-        out["specialization"] = fmean(domains["all_layers"]["specialization"])
-    streams = report.get("streams")
-    if streams:
-        layers = streams["layers"]
-        out["dominant_share"] = fmean(layer["dominant_share"] for layer in layers)
-        out["dominant_share_max"] = max(layer["dominant_share"] for layer in layers)
-        out["effective_streams"] = fmean(layer["effective_streams"] for layer in layers)
-        out["stream_cosine"] = fmean(layer["mean_cosine"] for layer in layers)
-        conns = [layer[b] for layer in layers for b in ("attn", "ffn") if "mix" in layer[b]]
-        if conns:
-            out["mix_identity_distance"] = fmean(m["mix_identity_distance"] for m in conns)  # of the token-mean M
-            if "mix_identity_distance_per_token" in conns[0]:
-                out["mix_identity_distance_per_token"] = fmean(m["mix_identity_distance_per_token"] for m in conns)
-        mixing, depth = streams.get("mixing", {}), streams.get("depth", {})
-        for axis in ("column", "row"):
-            if f"{axis}_sums_per_token" in mixing:
-                out[f"{axis}_sum_deviation"] = mixing[f"{axis}_sums_per_token"]["mean_abs_deviation"]
-        if "fraction_above_30" in mixing.get("logit_spread", {}):
-            out["logit_spread_above_30"] = mixing["logit_spread"]["fraction_above_30"]
-        for name in ("forward", "backward"):
-            if f"amax_{name}" in depth:
-                out[f"amax_{name}"] = depth[f"amax_{name}"]
-        exact = streams.get("exact_by_construction", {})
-        fixed = [key for family, key in (("column_sums", "column_sum_deviation"), ("row_sums", "row_sum_deviation"),
-                                         ("amax_forward", "amax_forward"), ("amax_backward", "amax_backward"))
-                 if family in exact]
-        if fixed:
-            out["exact_by_construction"] = fixed
-        if "ablation" in streams:
-            inc = streams["ablation"]["loss_increase"]
-            out["ablation_max"], out["ablation_min"] = max(inc), min(inc)
-    return out
+def summary_metrics(report: DiagnosticsReport | dict) -> dict:
+    """The study's per-run numbers of a diagnostics report or its JSON form: ``DiagnosticsReport.study_metrics``
+    (layer means; absent sections give no keys)."""
+    return as_report(report).study_metrics()
 
 
 def run_config(variant: Variant, scale: Scale, seed: int, out: Path, steps: int | None = None,
@@ -210,10 +162,14 @@ def load_result(path: Path) -> dict:
     if missing:
         raise CorruptResultError(f"{path} is not a complete run result (no {', '.join(missing)}); {recover}")
     report = result["report"]
+    try:  # a report missing a required field, or with a field no metric has, is as unusable as a truncated file
+        metrics = summary_metrics(report)
+    except (TypeError, ValueError, KeyError, AttributeError) as err:
+        raise CorruptResultError(f"{path} holds a diagnostics report that cannot be read ({err}); {recover}") from err
     for section in ("experts", "domains"):
         if section in report and "layers" in report[section]:
             report[section]["layers"] = {int(k): v for k, v in report[section]["layers"].items()}
-    result["metrics"] = {"val_ppl": result["val_ppl"], **summary_metrics(report)}
+    result["metrics"] = {"val_ppl": result["val_ppl"], **metrics}
     return result
 
 

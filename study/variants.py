@@ -1,4 +1,5 @@
-"""What the studies train: scales (model size, data, budget) and the variants compared at each scale.
+"""What the studies train: scales (model size, data, budget; configs/study/*.yaml) and the variants compared at
+each scale.
 
 Every variant of a study shares the scale's transformer, data, token budget and optimizer; only the fields
 under study change. In the MoE study every routed variant has the same experts (E, K, expert width), hence
@@ -9,7 +10,10 @@ K × the expert width). In the streams study every variant has the same dense FF
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+
+import yaml
 
 from ..models.configuration import STREAM_INITS
 
@@ -42,34 +46,53 @@ class Scale:
         return self.steps * self.data["batch_size"] * self.data["seq_len"]
 
 
-SCALES = {
-    # seconds per run: the test suite's scale, not a result
-    "toy": Scale(
-        name="toy",
-        model=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-                   max_position_embeddings=32),
-        data=dict(source="stdlib", max_files=40, vocab_size=384, seq_len=32, batch_size=4),
-        num_experts=8, top_k=2, expert_width=16, n_streams=2,
-        steps=4, lr=2e-3, warmup_steps=1, val_every=2, val_batches=4, eval_sequences=4, seeds=1),
-    # a laptop CPU: 39 (moe) and 67 (streams) minutes of one-thread run time, spread over cores by --jobs
-    "cpu": Scale(
-        name="cpu",
-        model=dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=384,
-                   max_position_embeddings=128),
-        data=dict(source="stdlib", max_files=400, vocab_size=2048, seq_len=128, batch_size=8),
-        num_experts=16, top_k=4, expert_width=96, n_streams=4,
-        steps=600, lr=2e-3, warmup_steps=30, val_every=150, val_batches=None, eval_sequences=64,
-        seeds=3),
-    # one GPU: the whole standard library, a model ~10x wider and 2x deeper; bf16 autocast
-    "gpu": Scale(
-        name="gpu",
-        model=dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, intermediate_size=2048,
-                   max_position_embeddings=512),
-        data=dict(source="stdlib", max_files=None, vocab_size=8192, seq_len=512, batch_size=32),
-        num_experts=32, top_k=8, expert_width=256, n_streams=4,
-        steps=4000, lr=1e-3, warmup_steps=200, val_every=250, val_batches=None, eval_sequences=64,
-        seeds=3, precision="bf16-mixed"),
-}
+SCALES_DIR = Path(__file__).resolve().parent.parent / "configs" / "study"  # shipped with the package (package-data)
+
+# the YAML types each annotation of Scale accepts (bool is refused where an int is meant; an int is a valid float)
+_YAML_TYPES = {"str": (str,), "dict": (dict,), "int": (int,), "float": (int, float), "int | None": (int, type(None))}
+
+
+def load_scale(path: str | Path) -> Scale:
+    """The Scale a YAML file defines (configs/study/NAME.yaml). Every field of Scale is required except those
+    with a default; an unknown or missing field, a field of the wrong type, or a ``name`` other than the file's
+    stem raises ValueError naming the file, the field and the allowed fields."""
+    path = Path(path)
+    values = yaml.safe_load(path.read_text())
+    allowed = [f.name for f in fields(Scale)]
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a study scale is a mapping of the fields {allowed}, got {type(values).__name__}")
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise ValueError(f"{path}: unknown field(s) {unknown}; a study scale has the fields {allowed}")
+    required = [f.name for f in fields(Scale) if f.default is MISSING and f.default_factory is MISSING]
+    missing = [name for name in required if name not in values]
+    if missing:
+        raise ValueError(f"{path}: missing field(s) {missing}; a study scale needs {required} (optional: "
+                         f"{[name for name in allowed if name not in required]})")
+    for f in fields(Scale):
+        if f.name not in values:
+            continue
+        value, types = values[f.name], _YAML_TYPES[f.type]
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise ValueError(f"{path}: field {f.name!r} = {value!r} ({type(value).__name__}) must be {f.type}"
+                             + (" (YAML reads 2e-3 as a string: write 2.0e-3)" if f.type == "float" else ""))
+        if f.type == "float":
+            values[f.name] = float(value)
+    if values["name"] != path.stem:
+        raise ValueError(f"{path}: field 'name' = {values['name']!r} must be the file's name {path.stem!r}")
+    return Scale(**values)
+
+
+def load_scales(folder: str | Path = SCALES_DIR) -> dict[str, Scale]:
+    """Every scale of ``folder`` (configs/study/*.yaml by default) by name, smallest token budget first."""
+    scales = [load_scale(path) for path in sorted(Path(folder).glob("*.yaml"))]
+    if not scales:
+        raise ValueError(f"no study scales (*.yaml) in {folder}")
+    return {scale.name: scale for scale in sorted(scales, key=lambda scale: (scale.tokens, scale.name))}
+
+
+# toy (the test suite's), cpu (the default; a laptop) and gpu (one GPU): configs/study/{toy,cpu,gpu}.yaml
+SCALES = load_scales()
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """train.py installed from a wheel, outside a checkout: ``python -m hizoo.train`` and ``hizoo-train`` are
-``python train.py``, the configs ship inside the package, and ``--config`` finds them by preset name or by their
+``python train.py``, the configs (and the study's scales) ship inside the package, and ``--config`` finds them by preset name or by their
 checkout path.
 
 The wheel tests build hizoo's wheel from a copy of the package, install it with ``--no-deps`` into a fresh virtual
@@ -97,6 +97,11 @@ def test_the_wheel_ships_the_configs_and_both_entry_points_are_train_py(installe
                  work, env).stdout.splitlines()
     assert where[0].startswith(str(python.parent.parent)), where  # the wheel's package, not a checkout
     assert where[1] == str(sorted(p.name for p in (REPO / "configs").glob("*.yaml")))  # every config shipped
+    # the study's scales (configs/study/*.yaml) ship too and load from the installed package as from the checkout
+    from hizoo.study import SCALES
+    scales = _run([python, "-c", "from hizoo.study import SCALES, variants; print(variants.SCALES_DIR); "
+                   "print(repr(SCALES))"], work, env).stdout.splitlines()
+    assert scales[0].startswith(str(python.parent.parent)) and scales[1] == repr(SCALES), scales
     help_text = _run([python, "-m", "hizoo.train", "--help"], work, env).stdout
     assert "fit" in help_text and "--config" in help_text
     # the README's form, from a folder without configs/: the packaged file

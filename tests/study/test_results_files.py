@@ -10,7 +10,7 @@ from hizoo.study.__main__ import main
 from hizoo.study.runner import CorruptResultError, load_result, result_path
 
 RESULT = {"variant": "dense", "label": "dense", "seed": 0, "steps": 3, "val_ce": 1.0, "val_ppl": 2.718,
-          "report": {"config": {}}, "curve": {"val": [], "train": []}, "seconds": 1.0}
+          "report": {"loss": 1.0, "tokens": 8, "config": {}}, "curve": {"val": [], "train": []}, "seconds": 1.0}
 
 
 @pytest.mark.parametrize("content, fragment", [
@@ -18,6 +18,14 @@ RESULT = {"variant": "dense", "label": "dense", "seed": 0, "steps": 3, "val_ce":
     ("", "is empty"),
     (json.dumps({"variant": "dense", "seed": 0}), r"not a complete run result \(no steps, val_ppl, report\)"),
     ("[1, 2]", "not a complete run result"),
+    # reports without what every diagnostics report has, or with a field that no metric has
+    (json.dumps({**RESULT, "report": {"config": {}}}),
+     r"holds a diagnostics report that cannot be read \(.*missing 2 required keyword-only arguments: 'loss' and 'tokens'"),
+    (json.dumps({**RESULT, "report": {**RESULT["report"], "streams": {"n_streams": 2}}}),
+     r"diagnostics report that cannot be read \(.*StreamMetrics.*'residual' and 'layers'"),
+    (json.dumps({**RESULT, "report": {**RESULT["report"], "experts": {"layers": {"0": {"cv": 0.1, "spread": 1}}}}}),
+     r"diagnostics report that cannot be read \(ExpertLayerMetrics has no fields \['spread'\]"),
+    (json.dumps({**RESULT, "report": [1, 2]}), "diagnostics report that cannot be read"),
 ])
 def test_a_damaged_result_names_the_file_and_the_way_out(tmp_path, content, fragment):
     path = result_path(tmp_path, "dense", 0)

@@ -12,14 +12,16 @@ def _dist(dev):
 
 def _report(residual, exact=(), **depth):
     conn = {"mix": [[1.0]], "mix_identity_distance": 0.1, "mix_identity_distance_per_token": 0.3}
-    layer = {"dominant_share": 0.5, "effective_streams": 1.5, "mean_cosine": 0.2, "attn": conn, "ffn": conn}
+    layer = {"norm_share": [0.5, 0.5], "dominant_share": 0.5, "dominant_stream": 0, "effective_streams": 1.5,
+             "mean_cosine": 0.2, "attn": conn, "ffn": conn}
     mixing = {f"{axis}_sums_per_token": _dist(0.01) for axis in ("column", "row") if f"{axis}_sums" not in exact}
     if residual == "mhc":
         mixing["logit_spread"] = {"median": 8.0, "fraction_above_30": 0.25}
-    streams = {"n_streams": 2, "residual": residual, "layers": [layer, layer], "mixing": mixing, "depth": depth}
+    streams = {"n_streams": 2, "residual": residual, "layers": [layer, layer], "mixing": mixing,
+               "depth": {"connections": 4, "product_mean": [[1.0, 0.0], [0.0, 1.0]], **depth}}
     if exact:
         streams["exact_by_construction"] = {name: "why" for name in exact}
-    return {"streams": streams}
+    return {"loss": 1.0, "tokens": 8, "streams": streams}
 
 
 def test_summary_metrics_name_what_is_fixed_instead_of_reporting_it():
@@ -32,11 +34,14 @@ def test_summary_metrics_name_what_is_fixed_instead_of_reporting_it():
     assert sorted(m["exact_by_construction"]) == ["amax_backward", "row_sum_deviation"]
     hc = summary_metrics(_report("hc", amax_forward=2.0, amax_backward=1.5))
     assert hc["amax_backward"] == 1.5 and "exact_by_construction" not in hc and "logit_spread_above_30" not in hc
-    # a report written before these metrics existed still gives the ones it has
+    # a report without the mixing and depth sections gives the metrics it has
     old = _report("mhc")
-    old["streams"]["depth"] = {"amax_gain": 1.0}
-    del old["streams"]["mixing"]
+    del old["streams"]["depth"], old["streams"]["mixing"]
     assert "amax_forward" not in summary_metrics(old) and "mix_identity_distance" in summary_metrics(old)
+    # a field that no metric has is refused, not skipped (load_result reports it as a corrupt result)
+    old["streams"]["depth"] = {"connections": 4, "product_mean": [[1.0]], "amax_gain": 1.0}
+    with pytest.raises(ValueError, match=r"DepthMetrics has no fields \['amax_gain'\]"):
+        summary_metrics(old)
 
 
 def test_table_marks_exact_metrics_as_such():

@@ -128,9 +128,12 @@ def test_parameter_counts_leave_out_unrouted_experts():
 
 
 def test_summary_metrics_of_a_report():
-    report = {"experts": {"moe_layers": [0, 1], "mean_cv": 0.5, "mean_max_vio": 1.0,
-                          "layers": {0: {"group_cv": 0.2, "within_group_collapse": 0.5},
-                                     1: {"group_cv": 0.4, "within_group_collapse": 0.7}}},
+    def layer(cv, max_vio, group_cv, collapse):
+        return {"load": [0.5, 0.5], "cv": cv, "max_vio": max_vio, "entropy": 0.6, "entropy_normalized": 0.9,
+                "drop_rate": 0.0, "group_cv": group_cv, "within_group_collapse": collapse}
+
+    report = {"loss": 1.0, "tokens": 8,
+              "experts": {"moe_layers": [0, 1], "layers": {"0": layer(0.4, 0.5, 0.2, 0.5), "1": layer(0.6, 1.5, 0.4, 0.7)}},
               "domains": {"all_layers": {"specialization": [0.1, 0.3]}}}
     m = summary_metrics(report)
     assert m == pytest.approx({"cv": 0.5, "max_vio": 1.0, "group_cv": 0.3, "within_group_collapse": 0.6,
