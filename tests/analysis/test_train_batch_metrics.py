@@ -3,7 +3,6 @@ ranks) give the same CV/MaxVio/entropy/group/drop numbers as an independent reco
 (eval forwards, torch.bincount, the formulas written out here with numpy)."""
 
 import math
-import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -131,12 +130,9 @@ def test_callback_logs_the_training_batches_under_gradient_accumulation(tmp_path
 
 
 @pytest.mark.slow  # two worker processes (≈10 s, most of it importing torch and transformers twice)
-def test_two_ranks_equal_one_process_over_the_union_of_their_batches(tmp_path):
-    sys.path.insert(0, str(Path(__file__).parent.parent / "models"))
-    from test_expert_parallel import launch
-
+def test_two_ranks_equal_one_process_over_the_union_of_their_batches(tmp_path, launch_ranks):
     out = tmp_path / "counts.pt"
-    launch(Path(__file__).parent / "train_batch_metrics_worker.py", str(out))
+    launch_ranks(Path(__file__).parent / "train_batch_metrics_worker.py", str(out))
     reduced = torch.load(out, weights_only=True)
     model = tiny_model().train()
     for ids in batches():

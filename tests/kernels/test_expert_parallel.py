@@ -1,10 +1,6 @@
 """Expert-parallel dispatch/combine (kernels/expert_parallel.py) and the sharded GroupedExperts: 2 processes
 over gloo against the eager reference on the full experts (expert_parallel_worker.py), plus the errors."""
 
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,31 +11,11 @@ from hizoo.kernels import GroupedExperts
 WORKER = Path(__file__).with_name("expert_parallel_worker.py")
 
 
-def launch(script: Path, *args: str, nprocs: int = 2, timeout: float = 300) -> list[str]:
-    """Start ``nprocs`` copies of ``script`` with a torchrun-style environment; their outputs, after all exit 0."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = [subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, env=dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                                                  WORLD_SIZE=str(nprocs), RANK=str(r), LOCAL_RANK=str(r),
-                                                  NODE_RANK="0"))
-             for r in range(nprocs)]
-    try:
-        outputs = [p.communicate(timeout=timeout)[0] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    for p, out in zip(procs, outputs):
-        assert p.returncode == 0, out[-5000:]
-    return outputs
-
-
 @pytest.mark.slow  # starts two processes (gloo)
-def test_two_ranks_match_the_eager_reference():
+def test_two_ranks_match_the_eager_reference(launch_ranks):
     """Uneven all-to-all by hand; EP=2 experts = eager on all experts (output, dx, dweight, dw13, dw2 summed
     over the ranks' losses) with eager and grouped_mm, K=1, all pairs on one rank, a rank without tokens."""
-    outputs = launch(WORKER)
+    outputs = launch_ranks(WORKER)
     for out in outputs:
         for name in ("all_to_all", "random_eager", "k1_eager", "skewed_eager", "empty_rank_eager",
                      "random_grouped_mm", "k1_grouped_mm", "skewed_grouped_mm", "empty_rank_grouped_mm"):

@@ -2,10 +2,6 @@
 2 processes over gloo compare EP=2 with EP=1 for every router (expert_parallel_worker.py) and under Lightning's
 DDP strategy, across checkpoints and export (lightning_expert_parallel_worker.py); plus the errors."""
 
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -20,31 +16,11 @@ HERE = Path(__file__).parent
 TINY = dict(vocab_size=32, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
 
 
-def launch(script: Path, *args: str, nprocs: int = 2, timeout: float = 300) -> list[str]:
-    """Start ``nprocs`` copies of ``script`` with a torchrun-style environment; their outputs, after all exit 0."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = [subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, env=dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                                                  WORLD_SIZE=str(nprocs), RANK=str(r), LOCAL_RANK=str(r),
-                                                  NODE_RANK="0"))
-             for r in range(nprocs)]
-    try:
-        outputs = [p.communicate(timeout=timeout)[0] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    for p, out in zip(procs, outputs):
-        assert p.returncode == 0, out[-5000:]
-    return outputs
-
-
 @pytest.fixture(scope="module")
-def worker_outputs(tmp_path_factory) -> list[str]:
+def worker_outputs(tmp_path_factory, launch_ranks) -> list[str]:
     """One pair of processes runs every check of expert_parallel_worker.py. ~10-15 s on a quiet 2-core machine,
     most of it two interpreters importing torch, Lightning and transformers."""
-    return launch(HERE / "expert_parallel_worker.py", str(tmp_path_factory.mktemp("ep")))
+    return launch_ranks(HERE / "expert_parallel_worker.py", str(tmp_path_factory.mktemp("ep")))
 
 
 @pytest.mark.slow  # two worker processes train with EP=2 and EP=1
