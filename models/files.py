@@ -145,6 +145,15 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     _fsync_directory(path.parent)
 
 
+def peek_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
+    """The file's contents with the tensors memory-mapped, not read (``torch.load(weights_only=True, mmap=True)``),
+    for a look at its keys; a file that cannot be mapped goes through ``load_torch_file``, whose errors name it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return load_torch_file(path, what)
+
+
 _UNSAFE_DETAIL = re.compile(r"(unsupported[^\n]*)", re.IGNORECASE)
 
 

@@ -14,7 +14,7 @@ import torch
 from .config_fields import HizooConfigFields, model_config_dict
 from .configuration import HizooConfig
 from .expert_parallel import ExpertParallel, expert_parallel_for_lightning
-from .files import load_torch_file
+from .files import load_torch_file, peek_torch_file
 from .generation import GenerationSettings, generate_completion
 from .modeling import HizooForCausalLM
 from .moe import update_router_states
@@ -104,10 +104,7 @@ class HizooLightningModule(L.LightningModule):
             raise ValueError(f"weights_only={weights_only!r} is refused: hizoo checkpoints hold only tensors and "
                              "plain data, and an unsafe load could run code from the file")
         path = Path(checkpoint_path)
-        try:  # a cheap look (mmap: no tensor is read) so that a bad file gets load_torch_file's named error
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception:
-            checkpoint = load_torch_file(path, "checkpoint")
+        checkpoint = peek_torch_file(path, "checkpoint")  # a cheap look, so that a bad file gets a named error
         if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hizoo_config" not in checkpoint:
             raise ValueError(f"checkpoint {path} has no 'hizoo_config'/'state_dict': not written by "
                              f"{cls.__name__}")

@@ -22,9 +22,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import torch
-
-from ..models.files import load_torch_file
+from ..models.files import peek_torch_file
 
 CHECKPOINT_DIR = "checkpoints"
 _LAST = re.compile(r"^last(-v?\d+)?\.ckpt$")  # Lightning's names for "last" (last.ckpt, last-v1.ckpt)
@@ -49,10 +47,7 @@ def last_checkpoint(run_dir: Path, checkpoint_dirs: list[Path] | None = None) ->
 
 def checkpoint_step(path: Path) -> int:
     """The optimizer step a checkpoint was written at (read lazily: the tensors are not loaded)."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # let the full load give its clear error, naming the file
-        checkpoint = load_torch_file(path, "checkpoint")
+    checkpoint = peek_torch_file(path, "checkpoint")
     if not isinstance(checkpoint, dict) or "global_step" not in checkpoint:
         raise ValueError(f"checkpoint {path} has no 'global_step': not a Lightning training checkpoint")
     return int(checkpoint["global_step"])
